@@ -1,0 +1,18 @@
+"""Environments: plain-data env specs, gymnasium/Atari/MuJoCo construction, vector of envs."""
+
+from asyncrl.envs.spaces import space_example, space_to_tree, tree_to_space
+from asyncrl.envs.spec import EnvError, EnvSpec, env_family, make_env, validate_env_id
+from asyncrl.envs.vector import EpisodeStats, VecEnv
+
+__all__ = [
+    "EnvError",
+    "EnvSpec",
+    "EpisodeStats",
+    "VecEnv",
+    "env_family",
+    "make_env",
+    "space_example",
+    "space_to_tree",
+    "tree_to_space",
+    "validate_env_id",
+]

@@ -1,0 +1,1 @@
+"""Logging: progress.csv, TensorBoard, live display, checkpoints, plots."""

@@ -1,0 +1,15 @@
+"""asyncrl: deep RL (Q-learning, policy gradients, Q-value policy gradients) on one runtime.
+
+From a script::
+
+    import asyncrl
+    cfg = asyncrl.resolve_config("ppo", "CartPole-v1", sets=["steps=50000"])
+    result = asyncrl.train(cfg)      # result.agent is the trained agent
+"""
+
+__version__ = "0.1.0"
+
+from asyncrl.configs.config import ConfigError, TrainConfig, load_config, resolve_config  # noqa: E402
+from asyncrl.runners.train import TrainResult, train  # noqa: E402
+
+__all__ = ["ConfigError", "TrainConfig", "TrainResult", "load_config", "resolve_config", "train"]

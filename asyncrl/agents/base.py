@@ -1,0 +1,47 @@
+"""What every agent offers the samplers and the runtime: act on a batch of observations, and
+expose its parameters as plain tensors (what goes over the wire), with a policy version.
+
+Owns parameter export/import; must not know about losses or sockets."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import nn
+
+from asyncrl.data import tree_map
+
+
+class Agent:
+    """Base class: ``self.model`` is the torch module that acting needs."""
+
+    model: nn.Module
+    device: torch.device
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.policy_version = 0
+
+    def obs_to_torch(self, obs):
+        """numpy tree [N, ...] -> torch tree on the agent's device (zero copy on CPU)."""
+        if self.device.type == "cpu":
+            return tree_map(torch.from_numpy, obs)
+        return tree_map(lambda x: torch.from_numpy(np.asarray(x)).to(self.device, non_blocking=True), obs)
+
+    # -- parameters as plain tensors --------------------------------------------------------
+    def state_tensors(self) -> OrderedDict[str, torch.Tensor]:
+        """Parameters and buffers (e.g. normaliser statistics), detached, on CPU."""
+        return OrderedDict((k, v.detach().cpu()) for k, v in self.model.state_dict().items())
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], policy_version: int | None = None) -> None:
+        self.model.load_state_dict(tensors)
+        if policy_version is not None:
+            self.policy_version = policy_version
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    def eval_mode(self) -> None:
+        self.model.eval()

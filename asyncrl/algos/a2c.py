@@ -1,0 +1,101 @@
+"""Advantage Actor-Critic, the synchronous variant of A3C (Mnih et al. 2016, arXiv:1602.01783).
+
+One gradient step per batch on the whole [T, B] batch: policy gradient with (GAE) advantages,
+value regression to the returns, entropy bonus, RMSprop as in the paper. Owns the loss only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from asyncrl.algos.ppo import flatten_time_env
+from asyncrl.algos.returns import gae
+from asyncrl.data import to_torch
+
+
+@dataclass
+class A2CConfig:
+    learning_rate: float = 7e-4  # step size (initial, when annealed)
+    anneal_lr: bool = False  # decay the learning rate linearly to 0 over the run
+    optimizer: str = "rmsprop"  # rmsprop (paper) | adam
+    rmsprop_alpha: float = 0.99  # RMSprop smoothing
+    eps: float = 1e-5  # optimizer epsilon
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 1.0  # 1.0: plain n-step advantages as in the paper
+    value_coef: float = 0.5  # value-loss weight
+    entropy_coef: float = 0.0  # entropy bonus weight
+    max_grad_norm: float = 0.5  # global gradient-norm clip (0: off)
+    normalize_advantage: bool = False  # standardise advantages per batch
+
+
+class A2C:
+    def __init__(self, agent, config: A2CConfig, seed: int = 0):
+        self.agent, self.config = agent, config
+        params = agent.model.parameters()
+        if config.optimizer == "rmsprop":
+            self.optimizer = torch.optim.RMSprop(
+                params, lr=config.learning_rate, alpha=config.rmsprop_alpha, eps=config.eps
+            )
+        elif config.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(params, lr=config.learning_rate, eps=config.eps)
+        else:
+            raise ValueError(f"a2c.optimizer must be 'rmsprop' or 'adam', got {config.optimizer!r}")
+        self.updates = 0
+
+    def optimize(self, batch, progress: float) -> dict[str, float]:
+        cfg, agent = self.config, self.agent
+        s = batch.samples
+        adv, ret = gae(
+            s.env.reward,
+            s.agent.agent_info.value,
+            s.env.terminated,
+            s.env.truncated,
+            s.env.env_info.timeout_value,
+            batch.bootstrap_value,
+            cfg.gamma,
+            cfg.gae_lambda,
+        )
+        lr = cfg.learning_rate * (1.0 - progress) if cfg.anneal_lr else cfg.learning_rate
+        for g in self.optimizer.param_groups:
+            g["lr"] = max(lr, 0.0)
+        dev = agent.device
+        obs = to_torch(flatten_time_env(s.env.observation), dev)
+        action = to_torch(flatten_time_env(s.agent.action), dev)
+        adv_t = torch.from_numpy(adv.reshape(-1)).to(dev)
+        ret_t = torch.from_numpy(ret.reshape(-1)).to(dev)
+        if cfg.normalize_advantage and adv_t.numel() > 1:
+            adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-8)
+        agent.train_mode()
+        dist, value = agent.model(obs)
+        policy_loss = -(adv_t * dist.log_prob(action)).mean()
+        value_loss = 0.5 * (value - ret_t).pow(2).mean()
+        entropy = dist.entropy().mean()
+        loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(agent.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        self.updates += 1
+        agent.eval_mode()
+        agent.update_normalizer(obs)
+        agent.policy_version += 1
+        var_y = float(np.var(ret))
+        explained = float("nan") if var_y == 0 else 1.0 - float(np.var(ret - s.agent.agent_info.value)) / var_y
+        return {
+            "policy_loss": policy_loss.item(),
+            "value_loss": value_loss.item(),
+            "entropy": entropy.item(),
+            "learning_rate": lr,
+            "explained_variance": explained,
+        }
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = state["updates"]

@@ -1,0 +1,144 @@
+"""Proximal Policy Optimization (Schulman et al. 2017, arXiv:1707.06347).
+
+The whole update: GAE advantages, per-minibatch advantage normalisation, the clipped surrogate
+(eq. 7), optional clipped value loss, entropy bonus, gradient-norm clipping, linear learning-rate
+annealing. Owns the loss; the agent owns acting and the sampler owns data collection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from asyncrl.algos.returns import gae
+from asyncrl.data import to_torch, tree_map
+
+
+@dataclass
+class PPOConfig:
+    learning_rate: float = 3e-4  # Adam step size (initial, when annealed)
+    anneal_lr: bool = True  # decay the learning rate linearly to 0 over the run
+    adam_eps: float = 1e-5  # Adam epsilon
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 0.95  # GAE lambda
+    epochs: int = 4  # passes over each batch
+    minibatches: int = 4  # minibatches per epoch (batch = horizon * num_envs)
+    clip_range: float = 0.2  # surrogate clipping epsilon
+    anneal_clip_range: bool = False  # decay the clipping epsilon linearly to 0 over the run
+    clip_value: bool = False  # clip the value update around the old value
+    value_clip_range: float = 0.2  # epsilon of the value clipping
+    value_coef: float = 0.5  # value-loss weight
+    entropy_coef: float = 0.0  # entropy bonus weight
+    max_grad_norm: float = 0.5  # global gradient-norm clip (0: off)
+    normalize_advantage: bool = True  # per-minibatch advantage standardisation
+    target_kl: float = 0.0  # stop the epochs early above this approximate KL (0: off)
+
+
+def flatten_time_env(tree):
+    """[T, B, ...] -> [T*B, ...] on every leaf (views)."""
+    return tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
+
+
+class PPO:
+    def __init__(self, agent, config: PPOConfig, seed: int = 0):
+        self.agent, self.config = agent, config
+        self.optimizer = torch.optim.Adam(
+            agent.model.parameters(), lr=config.learning_rate, eps=config.adam_eps
+        )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.updates = 0
+
+    def optimize(self, batch, progress: float) -> dict[str, float]:
+        """One PPO update on a SampleBatch; ``progress`` in [0, 1] drives lr annealing."""
+        cfg, agent = self.config, self.agent
+        s = batch.samples
+        adv, ret = gae(
+            s.env.reward,
+            s.agent.agent_info.value,
+            s.env.terminated,
+            s.env.truncated,
+            s.env.env_info.timeout_value,
+            batch.bootstrap_value,
+            cfg.gamma,
+            cfg.gae_lambda,
+        )
+        lr = cfg.learning_rate * (1.0 - progress) if cfg.anneal_lr else cfg.learning_rate
+        for g in self.optimizer.param_groups:
+            g["lr"] = max(lr, 0.0)
+        clip = cfg.clip_range * (1.0 - progress) if cfg.anneal_clip_range else cfg.clip_range
+        clip = max(clip, 1e-8)
+        dev = agent.device
+        obs = to_torch(flatten_time_env(s.env.observation), dev)
+        action = to_torch(flatten_time_env(s.agent.action), dev)
+        old_logp = torch.from_numpy(s.agent.agent_info.log_prob.reshape(-1)).to(dev)
+        old_value = torch.from_numpy(s.agent.agent_info.value.reshape(-1)).to(dev)
+        adv_t = torch.from_numpy(adv.reshape(-1)).to(dev)
+        ret_t = torch.from_numpy(ret.reshape(-1)).to(dev)
+        n = adv_t.shape[0]
+        mb_size = max(n // cfg.minibatches, 1)
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac")}
+        agent.train_mode()
+        stop = False
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(n, generator=self.generator).to(dev)
+            for start in range(0, n - mb_size + 1, mb_size):
+                idx = perm[start : start + mb_size]
+                mb_obs = tree_map(lambda x, i=idx: x[i], obs)
+                dist, value = agent.model(mb_obs)
+                logp = dist.log_prob(action[idx])
+                entropy = dist.entropy().mean()
+                mb_adv = adv_t[idx]
+                if cfg.normalize_advantage and mb_adv.numel() > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                log_ratio = logp - old_logp[idx]
+                ratio = log_ratio.exp()
+                pg1 = -mb_adv * ratio
+                pg2 = -mb_adv * ratio.clamp(1 - clip, 1 + clip)
+                policy_loss = torch.max(pg1, pg2).mean()
+                if cfg.clip_value:
+                    v_clipped = old_value[idx] + (value - old_value[idx]).clamp(
+                        -cfg.value_clip_range, cfg.value_clip_range
+                    )
+                    value_loss = 0.5 * torch.max(
+                        (value - ret_t[idx]).pow(2), (v_clipped - ret_t[idx]).pow(2)
+                    ).mean()
+                else:
+                    value_loss = 0.5 * (value - ret_t[idx]).pow(2).mean()
+                loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(agent.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                self.updates += 1
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean().item()  # Schulman's k3 estimator
+                    stats["approx_kl"].append(approx_kl)
+                    stats["clip_frac"].append(((ratio - 1).abs() > clip).float().mean().item())
+                stats["policy_loss"].append(policy_loss.item())
+                stats["value_loss"].append(value_loss.item())
+                stats["entropy"].append(entropy.item())
+                if cfg.target_kl > 0 and approx_kl > 1.5 * cfg.target_kl:
+                    stop = True
+                    break
+            if stop:
+                break
+        agent.eval_mode()
+        agent.update_normalizer(obs)
+        agent.policy_version += 1
+        var_y = float(np.var(ret))
+        explained = float("nan") if var_y == 0 else 1.0 - float(np.var(ret - s.agent.agent_info.value)) / var_y
+        out = {k: float(np.mean(v)) for k, v in stats.items() if v}
+        out.update(learning_rate=lr, clip_range=clip, explained_variance=explained)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "updates": self.updates,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = state["updates"]
+        self.generator.set_state(state["generator"])

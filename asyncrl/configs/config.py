@@ -1,0 +1,289 @@
+"""Run configuration as typed dataclasses, serialised to TOML; presets; --set overrides.
+
+Owns: the config schema, resolution order (defaults < family preset < --config file < CLI flags
+< --set), validation with one-line errors, TOML round trip. Must not start anything heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from asyncrl.envs.spec import EnvError, EnvSpec, validate_env_id
+from asyncrl.models.policies import ModelConfig
+
+PRESET_DIR = Path(__file__).parent
+MODES = ("serial", "parallel", "central", "alternating")
+
+
+class ConfigError(ValueError):
+    """A bad config value, key, file or name; the message is one line meant for the user."""
+
+
+@dataclass
+class SamplerConfig:
+    mode: str = "serial"  # serial | parallel | central | alternating
+    num_envs: int = 8  # envs in total (B)
+    horizon: int = 128  # steps per env per batch (T)
+    workers: int = 1  # worker processes (parallel, central, alternating)
+
+
+@dataclass
+class LogConfig:
+    eval_every: int = 0  # env steps between evaluations (0: ten per run; -1: never)
+    eval_episodes: int = 10  # episodes per evaluation
+    eval_deterministic: bool = True  # greedy / mean action in evaluation
+    checkpoint_every: int = 0  # env steps between checkpoints (0: ten per run)
+    keep_checkpoints: int = 3  # newest checkpoints kept on disk
+    tensorboard: bool = True  # write TensorBoard events
+    progress: bool = True  # live progress display on a terminal
+    log_every_s: float = 2.0  # minimum seconds between progress.csv rows
+
+
+@dataclass
+class TrainConfig:
+    algo: str = "ppo"
+    env: EnvSpec = field(default_factory=EnvSpec)
+    steps: int = 100_000  # env steps to train for
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    torch_threads: int = 1  # torch.set_num_threads in the training process (0: torch default)
+    run_dir: str = ""  # empty: runs/<algo>_<env>_<time>
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    algo_params: Any = None  # the algorithm's dataclass; written under the algorithm's name
+
+    # -- (de)serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        d[self.algo] = d.pop("algo_params")
+        return d
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_toml())
+
+
+def _to_plain(x):
+    if dataclasses.is_dataclass(x):
+        return {f.name: _to_plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, tuple):
+        return list(x)
+    return x
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} does not fit {tp}")
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def apply_dict(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
+    """Recursively write ``updates`` into dataclass ``obj``; unknown keys are errors."""
+    if not isinstance(updates, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a table, got {updates!r}")
+    types_ = _field_types(type(obj))
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in types_:
+            valid = ", ".join(sorted(types_))
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {valid}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            apply_dict(current, value, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, types_[key], full))
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {e}") from None
+
+
+def apply_toml_dict(cfg: TrainConfig, d: dict[str, Any], source: str) -> None:
+    from asyncrl.algos import ALGOS
+
+    d = dict(d)
+    if "algo" in d and d["algo"] != cfg.algo:
+        raise ConfigError(f"{source}: algo {d['algo']!r} differs from the requested {cfg.algo!r}")
+    d.pop("algo", None)
+    for name in ALGOS:
+        if name in d:
+            if name != cfg.algo:
+                d.pop(name)  # a preset file may carry settings for other algorithms
+                continue
+            apply_dict(cfg.algo_params, d.pop(name), f"{name}.")
+    try:
+        apply_dict(cfg, d)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """'a.b=value' -> ('a.b', value) with the value parsed as a TOML value, else a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_set(cfg: TrainConfig, item: str) -> None:
+    key, value = parse_set(item)
+    parts = key.split(".")
+    if parts[0] == cfg.algo:
+        target, parts, prefix = cfg.algo_params, parts[1:], cfg.algo + "."
+    else:
+        target, prefix = cfg, ""
+    if not parts or any(not p for p in parts):
+        raise ConfigError(f"--set {item!r}: bad key {key!r}")
+    nested: Any = value
+    for p in reversed(parts):
+        nested = {p: nested}
+    try:
+        apply_dict(target, nested, prefix)
+    except ConfigError as e:
+        raise ConfigError(f"--set {item!r}: {e}") from None
+
+
+def preset_path(algo: str, family: str) -> Path:
+    return PRESET_DIR / f"{algo}_{family}.toml"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def resolve_config(
+    algo: str,
+    env_id: str,
+    config_file: str | None = None,
+    sets: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    imports: list[str] | None = None,
+) -> TrainConfig:
+    """Build the run's config: defaults < family preset < config file < overrides < --set."""
+    from asyncrl.algos import ALGOS
+
+    if algo not in ALGOS:
+        raise ConfigError(f"unknown algorithm {algo!r}; valid: {', '.join(sorted(ALGOS))}")
+    cfg = TrainConfig(algo=algo, env=EnvSpec(id=env_id, imports=list(imports or [])),
+                      algo_params=ALGOS[algo].config_cls())
+    file_dict = _load_toml(Path(config_file)) if config_file else {}
+    if "env" in file_dict and isinstance(file_dict["env"], dict):
+        fam = file_dict["env"].get("family")
+        if isinstance(fam, str):
+            cfg.env.family = fam
+    try:
+        family = validate_env_id(cfg.env)
+    except EnvError as e:
+        raise ConfigError(str(e)) from None
+    preset = preset_path(algo, family)
+    if preset.exists():
+        apply_toml_dict(cfg, _load_toml(preset), f"preset {preset.name}")
+    if file_dict:
+        apply_toml_dict(cfg, file_dict, f"config file {config_file}")
+    cfg.env.id = env_id
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            apply_set(cfg, f"{key}={_toml_literal(value)}")
+    for item in sets or []:
+        apply_set(cfg, item)
+    validate(cfg)
+    return cfg
+
+
+def _toml_literal(value: Any) -> str:
+    return tomli_w.dumps({"v": value}).partition("=")[2].strip()
+
+
+def validate(cfg: TrainConfig) -> None:
+    s = cfg.sampler
+    if s.mode not in MODES:
+        raise ConfigError(f"sampler.mode {s.mode!r} is not one of {', '.join(MODES)}")
+    for key, v in (("steps", cfg.steps), ("sampler.num_envs", s.num_envs),
+                   ("sampler.horizon", s.horizon), ("sampler.workers", s.workers)):
+        if v < 1:
+            raise ConfigError(f"{key} must be >= 1, got {v}")
+    if not (cfg.device == "cpu" or cfg.device.startswith("cuda") or cfg.device == "mps"):
+        raise ConfigError(f"device {cfg.device!r}: expected cpu, cuda or cuda:N")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Load a resolved config.toml (as written to a run directory)."""
+    from asyncrl.algos import ALGOS
+
+    d = _load_toml(Path(path))
+    algo = d.get("algo")
+    if algo not in ALGOS:
+        raise ConfigError(f"{path}: unknown or missing algo {algo!r}; valid: {', '.join(sorted(ALGOS))}")
+    cfg = TrainConfig(algo=algo, env=EnvSpec(), algo_params=ALGOS[algo].config_cls())
+    apply_toml_dict(cfg, d, str(path))
+    validate(cfg)
+    return cfg
+

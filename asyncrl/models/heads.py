@@ -1,0 +1,102 @@
+"""Policy heads: the action distributions a policy network parameterises (torch.distributions).
+
+Owns the mapping action space -> distribution; a head turns features into a distribution object
+with ``sample``, ``mode``, ``log_prob`` (summed over action dims) and ``entropy``.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Normal
+
+torch.distributions.Distribution.set_default_validate_args(False)  # hot path; inputs are ours
+
+
+class CategoricalDist:
+    def __init__(self, logits: torch.Tensor):
+        self.dist = Categorical(logits=logits)
+
+    def sample(self) -> torch.Tensor:
+        return self.dist.sample()
+
+    def mode(self) -> torch.Tensor:
+        return self.dist.logits.argmax(-1)
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        return self.dist.log_prob(action.long())
+
+    def entropy(self) -> torch.Tensor:
+        return self.dist.entropy()
+
+
+class MultiCategoricalDist:
+    """Independent categoricals, one per MultiDiscrete dimension."""
+
+    def __init__(self, logits: torch.Tensor, nvec: list[int]):
+        self.dists = [Categorical(logits=chunk) for chunk in torch.split(logits, nvec, dim=-1)]
+
+    def sample(self) -> torch.Tensor:
+        return torch.stack([d.sample() for d in self.dists], -1)
+
+    def mode(self) -> torch.Tensor:
+        return torch.stack([d.logits.argmax(-1) for d in self.dists], -1)
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        a = action.long()
+        return sum(d.log_prob(a[..., i]) for i, d in enumerate(self.dists))
+
+    def entropy(self) -> torch.Tensor:
+        return sum(d.entropy() for d in self.dists)
+
+
+class DiagGaussianDist:
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
+        self.dist = Normal(mean, log_std.exp().expand_as(mean))
+
+    def sample(self) -> torch.Tensor:
+        return self.dist.sample()
+
+    def mode(self) -> torch.Tensor:
+        return self.dist.mean
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        return self.dist.log_prob(action).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return self.dist.entropy().sum(-1)
+
+
+class PolicyHead(nn.Module):
+    """Linear layer from features to the distribution parameters of ``action_space``."""
+
+    def __init__(self, in_features: int, action_space: gym.Space, init_log_std: float = 0.0):
+        super().__init__()
+        self.kind: str
+        if isinstance(action_space, gym.spaces.Discrete):
+            self.kind, n = "categorical", int(action_space.n)
+        elif isinstance(action_space, gym.spaces.MultiDiscrete):
+            self.kind = "multicategorical"
+            self.nvec = [int(x) for x in np.asarray(action_space.nvec).ravel()]
+            n = sum(self.nvec)
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            self.kind, n = "gaussian", int(action_space.shape[0])
+            self.log_std = nn.Parameter(torch.full((n,), float(init_log_std)))
+        else:
+            raise ValueError(
+                f"policy head: unsupported action space {action_space!r}; supported: Discrete, "
+                "MultiDiscrete, 1-d Box"
+            )
+        self.linear = nn.Linear(in_features, n)
+        nn.init.orthogonal_(self.linear.weight, 0.01)  # near-uniform initial policy
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: torch.Tensor):
+        out = self.linear(features)
+        if self.kind == "categorical":
+            return CategoricalDist(out)
+        if self.kind == "multicategorical":
+            return MultiCategoricalDist(out, self.nvec)
+        return DiagGaussianDist(out, self.log_std)

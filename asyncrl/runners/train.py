@@ -1,0 +1,238 @@
+"""The synchronous training loop: sample -> optimize -> log -> evaluate -> checkpoint.
+
+Owns the run directory's life cycle (config.toml, progress.csv, TensorBoard, checkpoints, log)
+and resume. Must not know a loss (algorithms) or a socket (runtime).
+
+Resume restores the agent (parameters and normaliser statistics), the optimizer, the counters
+(env steps, updates, episodes, elapsed time), the recent-episode window and the RNG states.
+Environments themselves cannot be snapshotted in general: a resumed run starts fresh episodes
+with env seeds offset by the env steps already done.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asyncrl.algos import ALGOS
+from asyncrl.configs.config import ConfigError, TrainConfig, load_config
+from asyncrl.logging.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from asyncrl.logging.progress import EpisodeTracker, LiveDisplay, ProgressWriter, setup_file_logger
+from asyncrl.runners.evaluation import evaluate
+
+log = logging.getLogger("asyncrl")
+
+
+@dataclass
+class TrainResult:
+    agent: Any
+    run_dir: Path
+    env_steps: int
+    return_mean: float
+    eval_return_mean: float
+    interrupted: bool = False
+
+
+class StopTraining(Exception):
+    """Raised by the SIGTERM handler so the loop writes a final checkpoint and stops."""
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    env = re.sub(r"[^A-Za-z0-9_.-]+", "-", cfg.env.id)
+    return Path("runs") / f"{cfg.algo}_{env}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def make_sampler(cfg: TrainConfig, seed_offset: int = 0):
+    mode = cfg.sampler.mode
+    seed = cfg.seed + seed_offset
+    if mode == "serial":
+        from asyncrl.samplers.serial import SerialSampler
+
+        return SerialSampler(cfg.env, cfg.sampler.num_envs, cfg.sampler.horizon, seed=seed)
+    try:
+        from asyncrl.samplers import make_runtime_sampler  # provided by the runtime
+    except ImportError:
+        raise ConfigError(f"sampler mode {mode!r} is not available in this build") from None
+    return make_runtime_sampler(cfg, seed=seed)
+
+
+def _rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def _set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(
+    cfg: TrainConfig | None = None,
+    resume: str | Path | None = None,
+    steps: int | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train per ``cfg`` (or resume the run in directory ``resume``, optionally with a new total
+    ``steps``). Returns the trained agent and summary figures."""
+    ckpt = None
+    if resume is not None:
+        run_dir = Path(resume)
+        if not run_dir.is_dir():
+            raise ConfigError(f"run directory {str(run_dir)!r} does not exist")
+        if not (run_dir / "config.toml").exists():
+            raise ConfigError(f"{str(run_dir)!r} has no config.toml: not a run directory")
+        cfg = load_config(run_dir / "config.toml")
+        ckpt = load_checkpoint(latest_checkpoint(run_dir), map_location="cpu")
+    elif cfg is None:
+        raise ValueError("train() needs a config or a run directory to resume")
+    if steps is not None:
+        cfg.steps = int(steps)
+    if progress is not None:
+        cfg.log.progress = progress
+    entry = ALGOS[cfg.algo]
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available")
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    _seed_everything(cfg.seed)
+
+    run_dir = Path(resume) if resume is not None else Path(cfg.run_dir or default_run_dir(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.run_dir = str(run_dir)
+    cfg.save(run_dir / "config.toml")
+    setup_file_logger(run_dir)
+
+    env_steps = int(ckpt["env_steps"]) if ckpt else 0
+    sampler = make_sampler(cfg, seed_offset=env_steps)
+    agent = entry.make_agent(sampler.obs_space, sampler.action_space, cfg.model, cfg.device, cfg.algo_params)
+    algo = entry.make_algo(agent, cfg.algo_params, cfg.seed)
+    episodes = EpisodeTracker(100)
+    time_offset = 0.0
+    last_eval = float("nan")
+    if ckpt:
+        agent.load_state_tensors(ckpt["agent"], ckpt.get("policy_version", 0))
+        algo.load_state_dict(ckpt["algo"])
+        episodes.load_state_dict(ckpt["episodes"])
+        time_offset = float(ckpt["time_s"])
+        last_eval = float(ckpt.get("eval_return_mean", float("nan")))
+        _set_rng_state(ckpt["rng"])
+        sampler.load_state_dict(ckpt.get("sampler", {}))
+        log.info("resumed %s at %d env steps", run_dir, env_steps)
+    else:
+        log.info("run %s: %s on %s, %d steps", run_dir, cfg.algo, cfg.env.id, cfg.steps)
+    agent.eval_mode()
+
+    total = cfg.steps
+    eval_every = cfg.log.eval_every if cfg.log.eval_every != 0 else max(total // 10, 1)
+    ckpt_every = cfg.log.checkpoint_every if cfg.log.checkpoint_every > 0 else max(total // 10, 1)
+    next_eval = (env_steps // eval_every + 1) * eval_every if eval_every > 0 else None
+    next_ckpt = (env_steps // ckpt_every + 1) * ckpt_every
+    writer = ProgressWriter(run_dir, tensorboard=cfg.log.tensorboard)
+    display = LiveDisplay(total, f"{cfg.algo} {cfg.env.id}", enabled=cfg.log.progress, start=env_steps)
+
+    def checkpoint_state() -> dict:
+        return {
+            "env_steps": env_steps,
+            "time_s": time_offset + (time.perf_counter() - t0),
+            "agent": agent.state_tensors(),
+            "policy_version": agent.policy_version,
+            "algo": algo.state_dict(),
+            "episodes": episodes.state_dict(),
+            "rng": _rng_state(),
+            "sampler": sampler.state_dict(),
+            "eval_return_mean": last_eval,
+            "algo_name": cfg.algo,
+        }
+
+    prev_handler = None
+    if threading.current_thread() is threading.main_thread():
+
+        def _on_sigterm(signum, frame):
+            raise StopTraining()
+
+        prev_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+
+    interrupted = False
+    t0 = time.perf_counter()
+    last_row_t = -1e9
+    rate_t, rate_steps = t0, env_steps
+    steps_per_s = 0.0
+    try:
+        sampler.initialize(agent)
+        while env_steps < total:
+            batch = sampler.obtain()
+            env_steps += batch.env_steps
+            episodes.add(batch.episodes.returns, batch.episodes.lengths)
+            info = algo.optimize(batch, progress=min(env_steps / total, 1.0))
+            sampler.sync(agent)
+            now = time.perf_counter()
+            eval_row = None
+            if next_eval is not None and (env_steps >= next_eval or env_steps >= total):
+                rets = evaluate(agent, cfg.env, cfg.log.eval_episodes, seed=cfg.seed + 10_000,
+                                deterministic=cfg.log.eval_deterministic)
+                last_eval = float(rets.mean())
+                eval_row = (last_eval, float(rets.std()))
+                while next_eval <= env_steps:
+                    next_eval += eval_every
+            if now - rate_t > 0.5:
+                steps_per_s = (env_steps - rate_steps) / (now - rate_t)
+                rate_t, rate_steps = now, env_steps
+            if eval_row is not None or now - last_row_t >= cfg.log.log_every_s or env_steps >= total:
+                last_row_t = now
+                row = {
+                    "env_steps": env_steps,
+                    "time_s": round(time_offset + now - t0, 3),
+                    "updates": getattr(algo, "updates", 0),
+                    "episodes": episodes.total,
+                    "return_mean": episodes.mean(),
+                    "return_std": episodes.std(),
+                    "steps_per_s": round(steps_per_s, 1),
+                    "eval_return_mean": eval_row[0] if eval_row else None,
+                    "eval_return_std": eval_row[1] if eval_row else None,
+                }
+                row.update(info)
+                writer.write(row)
+            display.update(env_steps, steps_per_s, episodes.mean(),
+                           f"eval {last_eval:.1f}" if last_eval == last_eval else "")
+            if env_steps >= next_ckpt:
+                save_checkpoint(run_dir, env_steps, checkpoint_state(), cfg.log.keep_checkpoints)
+                while next_ckpt <= env_steps:
+                    next_ckpt += ckpt_every
+    except (KeyboardInterrupt, StopTraining):
+        interrupted = True
+        log.warning("interrupted at %d env steps; writing a final checkpoint", env_steps)
+    finally:
+        display.close()
+        try:
+            save_checkpoint(run_dir, env_steps, checkpoint_state(), cfg.log.keep_checkpoints)
+        finally:
+            writer.close()
+            sampler.close()
+            if prev_handler is not None:
+                signal.signal(signal.SIGTERM, prev_handler)
+    log.info("finished at %d env steps, return_mean %.2f, eval %.2f", env_steps, episodes.mean(), last_eval)
+    return TrainResult(agent, run_dir, env_steps, episodes.mean(), last_eval, interrupted)
