@@ -1,0 +1,180 @@
+"""The ``asyncrl`` command: train, eval, plot (and the runtime's coordinator/worker/keygen).
+
+Owns argument parsing and turning every user mistake into one error line with a non-zero exit
+before heavy work starts. All behaviour lives in the library; this file only wires it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    pass
+
+
+def _presets_epilog() -> str:
+    from asyncrl.algos import ALGOS
+    from asyncrl.configs.config import list_presets
+
+    lines = ["algorithms: " + ", ".join(f"{k} ({v.description})" for k, v in sorted(ALGOS.items()))]
+    lines.append("presets (chosen by env family: classic control, atari, mujoco): " + ", ".join(list_presets()))
+    lines.append("examples: asyncrl train ppo CartPole-v1 | asyncrl train ppo ALE/Pong-v5 --steps 1e6 |")
+    lines.append("          asyncrl train ppo HalfCheetah-v5 --set ppo.learning_rate=1e-4 | asyncrl train --resume RUN_DIR")
+    return "\n".join(lines)
+
+
+def _steps(text: str) -> int:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of steps, got {text!r}") from None
+    if v < 1 or v != int(v):
+        raise argparse.ArgumentTypeError(f"steps must be a positive integer, got {text!r}")
+    return int(v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="asyncrl", description="Deep RL on an asyncio + ZeroMQ runtime.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser(
+        "train",
+        help="train an agent on this machine",
+        epilog=_presets_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("algo", nargs="?", help="algorithm name (see below)")
+    t.add_argument("env_id", nargs="?", help="gymnasium id, or package.module:Class")
+    t.add_argument("--steps", type=_steps, help="env steps to train for (e.g. 1e6)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="cpu | cuda | cuda:N")
+    t.add_argument("--config", help="TOML file with settings (same layout as a run's config.toml)")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set ppo.learning_rate=1e-4 (repeatable)")
+    t.add_argument("--run-dir", help="where to write the run (default runs/ALGO_ENV_TIME)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    t.add_argument("--mode", choices=["serial", "parallel", "central", "alternating"])
+    t.add_argument("--workers", type=int, help="worker processes (parallel/central/alternating)")
+    t.add_argument("--envs-per-worker", type=int, help="envs in each worker")
+    t.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it may register env ids)")
+    t.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+    e = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
+    e.add_argument("run_dir")
+    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("--seed", type=int, default=None)
+    e.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    e.add_argument("--video", nargs="?", const="", default=None, metavar="PATH",
+                   help="write a video of the first episode (.mp4 or .gif; default RUN_DIR/eval.gif)")
+
+    pl = sub.add_parser("plot", help="plot learning curves of one or more runs to a PNG")
+    pl.add_argument("run_dirs", nargs="+")
+    pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curve.png of the first run)")
+    pl.add_argument("--metric", default="return_mean")
+
+    try:
+        from asyncrl.runtime import cli as runtime_cli  # coordinator, worker, keygen
+    except ImportError:
+        runtime_cli = None
+    if runtime_cli is not None and hasattr(runtime_cli, "add_subcommands"):
+        runtime_cli.add_subcommands(sub)
+    return p
+
+
+def cmd_train(args) -> int:
+    import asyncrl
+    from asyncrl.configs.config import resolve_config
+
+    if args.resume:
+        if args.algo or args.env_id:
+            raise CliError("--resume RUN_DIR takes no ALGO or ENV_ID (they come from the run)")
+        if args.config or args.sets:
+            raise CliError("--resume continues a run as configured; --config/--set are not allowed")
+        if not Path(args.resume).is_dir():
+            raise CliError(f"run directory {args.resume!r} does not exist")
+        result = asyncrl.train(resume=args.resume, steps=args.steps,
+                               progress=False if args.no_progress else None)
+    else:
+        if not args.algo or not args.env_id:
+            raise CliError("train needs ALGO and ENV_ID (or --resume RUN_DIR); see asyncrl train --help")
+        overrides = {
+            "steps": args.steps,
+            "seed": args.seed,
+            "device": args.device,
+            "run_dir": args.run_dir,
+            "sampler.mode": args.mode,
+            "sampler.workers": args.workers,
+        }
+        for mod in args.imports:
+            try:
+                importlib.import_module(mod)
+            except ImportError as e:
+                raise CliError(f"--import {mod}: {e}") from None
+        cfg = resolve_config(args.algo, args.env_id, args.config, args.sets, overrides, imports=args.imports)
+        if args.envs_per_worker:
+            cfg.sampler.num_envs = args.envs_per_worker * cfg.sampler.workers
+        if args.no_progress:
+            cfg.log.progress = False
+        result = asyncrl.train(cfg)
+    status = "interrupted" if result.interrupted else "done"
+    print(
+        f"{status}: {result.env_steps} env steps, return_mean {result.return_mean:.2f}, "
+        f"eval_return_mean {result.eval_return_mean:.2f}, run dir {result.run_dir}"
+    )
+    return 130 if result.interrupted else 0
+
+
+def cmd_eval(args) -> int:
+    from asyncrl.runners.policy import evaluate_run
+
+    video = None
+    if args.video is not None:
+        video = args.video or str(Path(args.run_dir) / "eval.gif")
+    rets, written = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed,
+                                 deterministic=not args.stochastic, video=video)
+    print(f"eval {args.run_dir}: {len(rets)} episodes, return mean {rets.mean():.2f} std {rets.std():.2f}"
+          f" (min {rets.min():.1f}, max {rets.max():.1f})")
+    if written:
+        print(f"video: {written}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from asyncrl.logging.plot import plot_runs
+
+    for rd in args.run_dirs:
+        if not (Path(rd) / "progress.csv").exists():
+            raise CliError(f"{rd!r} is not a run directory (no progress.csv)")
+    out = args.out or str(Path(args.run_dirs[0]) / "curve.png")
+    print(f"wrote {plot_runs(args.run_dirs, out, args.metric)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from asyncrl.configs.config import ConfigError
+    from asyncrl.envs.spec import EnvError
+    from asyncrl.logging.checkpoint import CheckpointError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}
+    handler = handlers.get(args.command) or getattr(args, "handler", None)
+    try:
+        return handler(args)
+    except (CliError, ConfigError, EnvError, CheckpointError) as e:
+        print(f"asyncrl {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("asyncrl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
