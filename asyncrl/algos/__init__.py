@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncrl.algos.a2c import A2C, A2CConfig
+from asyncrl.algos.c51 import C51, C51Config, RainbowConfig
+from asyncrl.algos.dqn import DQN, DQNConfig, make_dqn_agent
 from asyncrl.algos.ppo import PPO, PPOConfig
 
 
@@ -38,6 +40,9 @@ def _pg_agent(obs_space, action_space, model_config, device, algo_config):
 
 
 register_algo(AlgoEntry("ppo", PPOConfig, "onpolicy", _pg_agent, PPO, "Proximal Policy Optimization"))
+register_algo(AlgoEntry("dqn", DQNConfig, "offpolicy", make_dqn_agent, DQN, "Deep Q-Network (double, dueling, PER, n-step)"))
+register_algo(AlgoEntry("c51", C51Config, "offpolicy", make_dqn_agent, C51, "Categorical DQN (C51)"))
+register_algo(AlgoEntry("rainbow", RainbowConfig, "offpolicy", make_dqn_agent, C51, "Rainbow (C51+double+dueling+PER+n-step+noisy)"))
 register_algo(AlgoEntry("a2c", A2CConfig, "onpolicy", _pg_agent, A2C, "Advantage Actor-Critic"))
 
-__all__ = ["A2C", "ALGOS", "PPO", "A2CConfig", "AlgoEntry", "PPOConfig", "register_algo"]
+__all__ = ["A2C", "ALGOS", "C51", "DQN", "PPO", "A2CConfig", "AlgoEntry", "C51Config", "DQNConfig", "PPOConfig", "RainbowConfig", "register_algo"]

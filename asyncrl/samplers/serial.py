@@ -38,7 +38,8 @@ class SerialSampler(Sampler):
             action, info = agent.step(self.obs)
             buf.agent.action[t] = action
             buf.agent.prev_action[t] = self.prev_action
-            buf.agent.agent_info[t] = info
+            if info is not None:
+                buf.agent.agent_info[t] = info
             self.obs, reward, terminated, truncated, fo = env.step(action)
             buf.env.reward[t] = reward
             buf.env.terminated[t] = terminated
