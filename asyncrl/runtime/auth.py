@@ -1,0 +1,237 @@
+"""ZeroMQ CURVE authentication for remote workers: key files, server and client socket setup.
+
+Owns keys and the ZAP authenticator; it does not own sockets' lifetimes (``transport.py``) or the
+decision what a refused worker is told (the coordinator).
+
+Pattern: the "Ironhouse" setup of the ZeroMQ guide (ch. 5, CURVE + ZAP): the coordinator's
+ROUTER is a CURVE server with its own key pair; each worker is a CURVE client with its own key
+pair and the server's public key; a ZAP authenticator in the coordinator's process accepts only
+client public keys found as ``*.key`` files in one directory. The connection of an unknown key is
+refused during the handshake, so it never delivers a message; the refusal is logged (WARNING,
+once per key per minute) and the client can see it with ``HandshakeWatch``.
+
+Typical use::
+
+    server_pub, server_secret = generate_keypair(keys_dir, "server")   # `asyncrl keygen`
+    auth = start_authenticator(ctx, allowed_dir)       # in the running event loop, before bind
+    sock = transport.router(ctx, "tcp://0.0.0.0:5555", curve=ServerCurve(server_secret, auth))
+    ...
+    sock = transport.dealer(ctx, "tcp://host:5555", "w1", curve=ClientCurve(my_secret, server_pub))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.utils.monitor import parse_monitor_message
+
+log = logging.getLogger(__name__)
+
+ZAP_DOMAIN = "asyncrl"
+"""ZAP domain set on server sockets; the authenticator answers for it."""
+
+REFUSAL_LOG_INTERVAL_S = 60.0
+"""A client retrying with the same unknown key is logged at WARNING at most this often."""
+
+
+class AuthenticationFailed(ConnectionError):
+    """The server refused this client's CURVE key (or the handshake failed)."""
+
+
+def generate_keypair(key_dir: str | os.PathLike, name: str = "asyncrl") -> tuple[Path, Path]:
+    """Write ``name.key`` (public) and ``name.key_secret`` (secret, mode 600) into ``key_dir``.
+
+    Returns (public_file, secret_file). Give the public file to the other side: a worker's
+    public file goes into the coordinator's allowed-keys directory; the server's public file
+    goes to every worker.
+    """
+    key_dir = Path(key_dir)
+    key_dir.mkdir(parents=True, exist_ok=True)
+    public_file, secret_file = zmq.auth.create_certificates(str(key_dir), name)
+    os.chmod(secret_file, 0o600)
+    return Path(public_file), Path(secret_file)
+
+
+def load_keypair(secret_file: str | os.PathLike) -> tuple[bytes, bytes]:
+    """(public, secret) z85 keys from a ``.key_secret`` file."""
+    public, secret = zmq.auth.load_certificate(str(secret_file))
+    if secret is None:
+        raise ValueError(f"{secret_file} holds no secret key; pass the .key_secret file")
+    return public, secret
+
+
+def load_public_key(public_file: str | os.PathLike) -> bytes:
+    """The z85 public key from a ``.key`` (or ``.key_secret``) file."""
+    public, _ = zmq.auth.load_certificate(str(public_file))
+    return public
+
+
+class _KeyDirectory:
+    """Credentials provider: a client key is allowed when its public file is in ``key_dir``.
+
+    The directory is re-read when an unknown key shows up, so a key added while the coordinator
+    runs is accepted without a restart.
+    """
+
+    def __init__(self, key_dir: Path, authenticator: KeyDirectoryAuthenticator):
+        self.key_dir = key_dir
+        self.authenticator = authenticator
+        self.keys: set[bytes] = set()
+        self._last_warned: dict[bytes, float] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        if not self.key_dir.is_dir():
+            raise FileNotFoundError(f"allowed-keys directory {self.key_dir} does not exist")
+        self.keys = set(zmq.auth.load_certificates(str(self.key_dir)))
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        if client_key in self.keys:
+            return True
+        self.reload()
+        if client_key in self.keys:
+            return True
+        address = self.authenticator.current_address
+        self.authenticator.refused.append((client_key.decode("ascii", "replace"), address))
+        now = time.monotonic()
+        if now - self._last_warned.get(client_key, -1e9) >= REFUSAL_LOG_INTERVAL_S:
+            self._last_warned[client_key] = now
+            log.warning(
+                "refused CURVE client key %s from %s: not in %s",
+                client_key.decode("ascii", "replace"),
+                address,
+                self.key_dir,
+            )
+        else:
+            log.debug("refused CURVE client key %s from %s again", client_key, address)
+        return False
+
+
+class KeyDirectoryAuthenticator(AsyncioAuthenticator):
+    """ZAP handler on the asyncio loop that allows only the public keys in one directory.
+
+    ``refused`` lists (client key, address) of every refused handshake, for tests and status.
+    """
+
+    def __init__(self, context: zmq.Context, allowed_dir: str | os.PathLike):
+        super().__init__(context, log=logging.getLogger(__name__ + ".zap"))
+        self.current_address = ""
+        self.refused: list[tuple[str, str]] = []
+        self.provider = _KeyDirectory(Path(allowed_dir), self)
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        # The credentials callback sees only the key; remember the address for the log line.
+        # ZAP requests are handled one at a time, so this attribute cannot be interleaved.
+        self.current_address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else "?"
+        await super().handle_zap_message(msg)
+
+
+def start_authenticator(
+    context: zmq.Context, allowed_dir: str | os.PathLike
+) -> KeyDirectoryAuthenticator:
+    """Start the ZAP authenticator for ``context``; call inside the running loop, before bind.
+
+    Stop it with ``.stop()`` when the server socket is closed.
+    """
+    authenticator = KeyDirectoryAuthenticator(context, allowed_dir)
+    authenticator.start()
+    authenticator.configure_curve_callback(ZAP_DOMAIN, credentials_provider=authenticator.provider)
+    return authenticator
+
+
+@dataclass(frozen=True)
+class ServerCurve:
+    """CURVE server setup for a ROUTER: its secret key file and the running authenticator.
+
+    The authenticator is required: without a ZAP handler libzmq would accept any client key.
+    """
+
+    secret_file: str | os.PathLike
+    authenticator: KeyDirectoryAuthenticator
+
+    def apply(self, socket: zmq.Socket) -> None:
+        if self.authenticator.zap_socket is None:
+            raise RuntimeError("start the authenticator (start_authenticator) before the server")
+        public, secret = load_keypair(self.secret_file)
+        socket.curve_secretkey = secret
+        socket.curve_publickey = public
+        socket.curve_server = True
+        socket.zap_domain = ZAP_DOMAIN.encode()
+
+
+@dataclass(frozen=True)
+class ClientCurve:
+    """CURVE client setup for a DEALER: its own secret key file and the server's public key."""
+
+    secret_file: str | os.PathLike
+    server_public_file: str | os.PathLike
+
+    def apply(self, socket: zmq.Socket) -> None:
+        public, secret = load_keypair(self.secret_file)
+        socket.curve_secretkey = secret
+        socket.curve_publickey = public
+        socket.curve_serverkey = load_public_key(self.server_public_file)
+
+
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+class HandshakeWatch:
+    """Tells a client whether its (CURVE) handshake succeeded: create before ``connect``.
+
+    ``await watch.wait(timeout)`` returns on success, raises ``AuthenticationFailed`` when the
+    server refused the key and ``TimeoutError`` when nothing happened (server unreachable).
+    """
+
+    def __init__(self, socket: Any):
+        self.socket = socket
+        self.monitor = socket.get_monitor_socket(_HANDSHAKE_EVENTS)
+
+    async def wait(self, timeout: float) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0 or not await self.monitor.poll(remaining * 1000):
+                    raise TimeoutError(f"no handshake with the server within {timeout:.1f} s")
+                event = parse_monitor_message(await self.monitor.recv_multipart())
+                kind = event["event"]
+                if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    return
+                if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    raise AuthenticationFailed(
+                        f"server {event['endpoint'].decode(errors='replace')} refused this "
+                        f"client's key (ZAP status {event['value']}); add its public key file to "
+                        "the server's allowed-keys directory"
+                    )
+                raise AuthenticationFailed(
+                    f"handshake with {event['endpoint'].decode(errors='replace')} failed "
+                    f"(event {kind!r}, value {event['value']}): wrong server key or not CURVE?"
+                )
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            try:
+                self.socket.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            self.monitor.close(linger=0)
+            self.monitor = None

@@ -1,0 +1,273 @@
+"""The asyncrl wire protocol: message types, the msgpack header, and frames <-> (header, tree).
+
+Owns what a message is and how it is checked; it does not own sockets (``transport.py``), keys
+(``auth.py``) or what a coordinator does with a message. Never pickles: a peer can only send data.
+
+A message is a list of ZeroMQ frames::
+
+    frame 0      msgpack map: the ``Header`` (type, protocol version, run id, worker id,
+                 sequence number, policy version, array schema or shared-memory slot, meta)
+    frame 1..n   the raw bytes of each array leaf of the tree, depth first (``asyncrl.data.flatten``)
+
+Array frames are passed to ZeroMQ as the numpy arrays themselves (no copy on send) and come back
+as numpy views of the received frames (no copy on receive). A message whose arrays live
+in a shared-memory slot carries no array frames: its header names the slot instead (see
+``transport.ShmReceiver``).
+
+``decode`` trusts nothing: garbage bytes, truncated or extra frames, frames of the wrong size,
+oversize messages, unknown message types, unknown header keys and values of the wrong type all
+raise one exception type, ``ProtocolError(reason)``; a peer speaking another protocol version
+raises its subclass ``VersionMismatch`` so the coordinator can tell the peer why it is refused.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from asyncrl.data import WireError, flatten, unflatten
+
+PROTOCOL_VERSION = 1
+"""Bump on any change a peer of the previous version could not read (types, keys, meaning)."""
+
+PROTOCOL_KEY = "asyncrl"
+"""Header key whose value is the protocol version; its absence marks a foreign message."""
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
+"""Largest accepted message (all frames together); Pong 8 envs x T=128 is 29 MB."""
+
+MAX_HEADER_BYTES = 1 * 2**20
+"""Largest accepted header frame (a schema of a few hundred leaves is a few kB)."""
+
+SHM_NAME_PREFIX = "asyncrl_"
+"""Shared-memory segments named in a header must start with this (see asyncrl.data.buffer)."""
+
+
+class MsgType(enum.IntEnum):
+    """What a message means. Values are on the wire: append, never renumber."""
+
+    REGISTER = 1  # worker -> coordinator: hello; meta: host identity / locality probe, envs
+    REGISTERED = 2  # coordinator -> worker: accepted; meta: transport path, run settings
+    REFUSED = 3  # coordinator -> worker: not accepted; meta["reason"] says why
+    HEARTBEAT = 4  # both ways: I am alive (meta may carry counters)
+    SAMPLES = 5  # worker -> coordinator: one batch of T steps (frames or shm slot)
+    PARAMS = 6  # coordinator/optimizer -> workers: agent parameters at policy_version
+    ACT_REQUEST = 7  # worker -> inference: observations to act on
+    ACT_REPLY = 8  # inference -> worker: actions (and agent info)
+    CONFIG = 9  # coordinator -> worker: plain-data env spec / agent config
+    STOP = 10  # coordinator -> worker: finish and exit
+    ERROR = 11  # either way: your message was dropped; meta["reason"] says why
+    RELEASE = 12  # receiver -> sender: shm slot ``slot`` may be reused
+    BYE = 13  # worker -> coordinator: leaving on purpose
+    METRICS = 14  # worker -> coordinator: episode returns/lengths etc. in meta
+
+
+class ProtocolError(ValueError):
+    """A message that is not a valid asyncrl message; ``reason`` says what is wrong.
+
+    ``peer`` is the ROUTER identity of the sender when known (set by ``transport.recv_from``).
+    """
+
+    def __init__(self, reason: str, peer: bytes | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.peer = peer
+
+
+class VersionMismatch(ProtocolError):
+    """A well-formed header of another protocol version (``peer_version``)."""
+
+    def __init__(self, peer_version: Any, peer: bytes | None = None):
+        super().__init__(
+            f"peer speaks asyncrl protocol {peer_version!r}, this side speaks {PROTOCOL_VERSION}",
+            peer,
+        )
+        self.peer_version = peer_version
+
+
+@dataclass
+class Header:
+    """The msgpack header of every message (frame 0).
+
+    ``schema`` is set by ``encode`` from the tree (plain data from ``asyncrl.data.flatten``);
+    ``slot``/``shm`` name a shared-memory slot instead (``shm`` is ``{"name": ...}``, or the
+    full ``SharedHandle.to_dict()`` the first time a receiver sees that segment).
+    ``meta`` is a small free-form plain-data dict (reasons, counters, host identity).
+    """
+
+    type: MsgType
+    run_id: str = ""
+    worker_id: str = ""
+    seq: int = 0
+    policy_version: int = 0
+    schema: Any = None
+    slot: int | None = None
+    shm: dict | None = None
+    meta: dict = field(default_factory=dict)
+    version: int = PROTOCOL_VERSION
+
+    def to_wire(self) -> dict:
+        d = {
+            PROTOCOL_KEY: self.version,
+            "type": int(self.type),
+            "run_id": self.run_id,
+            "worker_id": self.worker_id,
+            "seq": self.seq,
+            "policy_version": self.policy_version,
+        }
+        # Optional keys are omitted when empty so that slot notifications stay small.
+        if self.schema is not None:
+            d["schema"] = self.schema
+        if self.slot is not None:
+            d["slot"] = self.slot
+        if self.shm is not None:
+            d["shm"] = self.shm
+        if self.meta:
+            d["meta"] = self.meta
+        return d
+
+    def reply(self, type: MsgType, **changes: Any) -> Header:
+        """A header of ``type`` for the same run and worker (e.g. RELEASE for a slot)."""
+        h = Header(type, self.run_id, self.worker_id, self.seq, self.policy_version)
+        for k, v in changes.items():
+            setattr(h, k, v)
+        return h
+
+
+_REQUIRED = {PROTOCOL_KEY, "type", "run_id", "worker_id", "seq", "policy_version"}
+_KNOWN = _REQUIRED | {"schema", "slot", "shm", "meta"}
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"msgpack extension type {code} is not allowed")
+
+
+def pack_header(header: Header) -> bytes:
+    return msgpack.packb(header.to_wire(), use_bin_type=True)
+
+
+def encode(header: Header, tree: Any = None) -> list[Any]:
+    """Frames for ``header`` and (optionally) an array tree: [msgpack header, *leaf arrays].
+
+    The leaves are returned as the (contiguous) arrays themselves; send with ``copy=False`` so
+    that ZeroMQ reads them in place. Non-contiguous leaves and torch tensors are handled by
+    ``flatten`` (copied once / viewed). A message with a ``slot`` carries no tree.
+    """
+    if tree is None:
+        return [pack_header(header)]
+    if header.slot is not None:
+        raise ValueError("a shared-memory slot message carries no tree; pass tree=None")
+    schema, buffers = flatten(tree)
+    header.schema = schema
+    return [pack_header(header), *buffers]
+
+
+def _nbytes(frame: Any) -> int:
+    try:
+        return memoryview(frame).nbytes
+    except TypeError:
+        raise ProtocolError(f"frame of type {type(frame).__name__} is not a buffer") from None
+
+
+def _int(d: dict, key: str, minimum: int | None = None) -> int:
+    v = d[key]
+    if type(v) is not int or (minimum is not None and v < minimum):
+        raise ProtocolError(f"header {key!r} must be an int >= {minimum}, got {v!r}"[:200])
+    return v
+
+
+def _str(d: dict, key: str) -> str:
+    v = d[key]
+    if not isinstance(v, str):
+        raise ProtocolError(f"header {key!r} must be a string, got {type(v).__name__}")
+    return v
+
+
+def decode_header(frame: Any) -> Header:
+    """Parse and check frame 0. Raises ``ProtocolError`` / ``VersionMismatch``."""
+    if _nbytes(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {_nbytes(frame)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        d = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+    except ProtocolError:
+        raise
+    except Exception as e:  # any failure to parse foreign bytes is the same verdict
+        raise ProtocolError(f"header is not msgpack: {type(e).__name__}: {e}"[:200]) from None
+    if not isinstance(d, dict) or PROTOCOL_KEY not in d:
+        raise ProtocolError("not an asyncrl message (no protocol key in the header)")
+    version = d[PROTOCOL_KEY]
+    if version != PROTOCOL_VERSION or type(version) is not int:
+        raise VersionMismatch(version)
+    missing = _REQUIRED - d.keys()
+    if missing:
+        raise ProtocolError(f"header lacks {sorted(missing)}")
+    unknown = d.keys() - _KNOWN
+    if unknown:
+        raise ProtocolError(f"header has unknown keys {sorted(unknown)[:5]}")
+    type_value = _int(d, "type")
+    try:
+        msg_type = MsgType(type_value)
+    except ValueError:
+        raise ProtocolError(f"unknown message type {type_value}") from None
+    schema = d.get("schema")
+    if schema is not None and not isinstance(schema, dict):
+        raise ProtocolError("header 'schema' must be a map")
+    slot = d.get("slot")
+    if slot is not None and (type(slot) is not int or slot < 0):
+        raise ProtocolError(f"header 'slot' must be an int >= 0, got {slot!r}"[:200])
+    shm = d.get("shm")
+    if shm is not None:
+        name = shm.get("name") if isinstance(shm, dict) else None
+        if not isinstance(name, str) or not name.startswith(SHM_NAME_PREFIX) or len(name) > 64:
+            raise ProtocolError(f"header 'shm' must name an {SHM_NAME_PREFIX}* segment")
+    if (slot is None) != (shm is None):
+        raise ProtocolError("header 'slot' and 'shm' come together")
+    if slot is not None and schema is not None:
+        raise ProtocolError("a message has either a schema (frames) or a slot (shm), not both")
+    meta = d.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ProtocolError("header 'meta' must be a map")
+    return Header(
+        type=msg_type,
+        run_id=_str(d, "run_id"),
+        worker_id=_str(d, "worker_id"),
+        seq=_int(d, "seq", 0),
+        policy_version=_int(d, "policy_version"),
+        schema=schema,
+        slot=slot,
+        shm=shm,
+        meta=meta,
+        version=version,
+    )
+
+
+def decode(frames: list[Any], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tuple[Header, Any]:
+    """Check and parse a message: (``Header``, tree of views of the frames, or None).
+
+    ``frames`` are bytes, memoryviews, numpy arrays or ``zmq.Frame`` objects. Any defect raises
+    ``ProtocolError`` (``VersionMismatch`` for another protocol version); nothing is unpickled.
+    For a shared-memory message the tree is None here; ``transport`` resolves the slot.
+    """
+    if not isinstance(frames, (list, tuple)) or not frames:
+        raise ProtocolError("empty message")
+    total = 0
+    for f in frames:
+        total += _nbytes(f)
+    if total > max_bytes:
+        raise ProtocolError(f"message of {total} bytes exceeds the limit of {max_bytes}")
+    buffers = [f.buffer if hasattr(f, "buffer") else f for f in frames]  # zmq.Frame -> memoryview
+    header = decode_header(buffers[0])
+    if header.schema is None:
+        if len(frames) != 1:
+            raise ProtocolError(f"{len(frames) - 1} array frames but no schema in the header")
+        return header, None
+    try:
+        tree = unflatten(header.schema, buffers[1:])
+    except WireError as e:
+        raise ProtocolError(f"frames do not match the schema: {e}") from None
+    except (ValueError, TypeError, RecursionError, KeyError) as e:
+        raise ProtocolError(f"malformed schema: {type(e).__name__}: {e}"[:200]) from None
+    return header, tree

@@ -1,0 +1,713 @@
+"""asyncio ZeroMQ transport: sockets with timeouts, protocol send/recv, shared-memory slot rings.
+
+Owns sockets, their options, and how a batch travels (array frames, or a shared-memory slot and
+a small header); it does not own message formats (``protocol.py``), keys (``auth.py``), or what
+the coordinator and workers do with messages.
+
+Pattern: ROUTER/DEALER, the "asynchronous client/server" of the ZeroMQ guide (ch. 3). The
+coordinator binds one ROUTER; each worker connects one DEALER whose routing identity is its
+worker id. Either side sends whenever it likes; the ROUTER addresses a worker by identity
+(``send_to``/``recv_from``), a DEALER talks to its one server (``send``/``recv``). Liveness is the
+application's heartbeat (the guide's "Paranoid Pirate", ch. 4, built by the coordinator) on top
+of ZMTP heartbeats that drop dead TCP connections.
+
+Timeouts (every socket has one story): ``SocketOptions`` sets LINGER (close waits at most this
+long to flush), send/receive high-water marks (a slow peer back-pressures instead of eating
+memory), SNDTIMEO (a send that cannot be queued raises ``TimeoutError``), RCVTIMEO (None: a
+server loop waits for input forever and notices silent peers by heartbeat; a worker sets one),
+MAXMSGSIZE (libzmq drops a peer that sends a larger frame) and ZMTP heartbeats. Every call also
+takes ``timeout=`` seconds, which overrides the socket's default for that call.
+
+Shared memory (same-host peers): a ``BatchSender`` owns K slots, each one ``SharedArrayTree``;
+the producer writes a batch into a free slot in place, the socket carries only the header with
+the slot index and the segment name (plus the full handle the first time), the receiver's
+``ShmReceiver`` attaches once per segment and returns a view, and the receiver answers RELEASE
+when it is done so the slot can be reused. Between hosts the same ``BatchSender`` sends the
+slot's arrays as frames, zero-copy, and reuses a slot once ZeroMQ has let go of its memory.
+``choose_path`` picks per worker: same host iff the peer's hostname and boot id match ours and
+we can read the random token the peer wrote into a shared-memory probe (so two containers on
+one kernel without a shared /dev/shm correctly fall back to frames).
+
+Zero copy has one rule: an array passed to ``send``/``send_to`` must not be written until
+ZeroMQ has sent it (``track=True`` returns a ``zmq.MessageTracker``); ``BatchSender`` does this
+bookkeeping for you. Received arrays are views of the received frames (no copy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket as pysocket
+import warnings
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from asyncrl.data import SharedArrayTree, SharedHandle, buffer_from_schema, example_schema
+from asyncrl.data.namedarraytuple import tree_leaves
+from asyncrl.runtime.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Header,
+    MsgType,
+    ProtocolError,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+Path = Literal["shm", "frames"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Event loop
+
+
+def install_event_loop() -> str:
+    """Use uvloop for new event loops when it is installed; returns "uvloop" or "asyncio"."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    with warnings.catch_warnings():  # the policy API is deprecated on Python >= 3.14
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def run(main: Coroutine) -> Any:
+    """``asyncio.run(main)`` on uvloop when it is installed."""
+    install_event_loop()
+    return asyncio.run(main)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sockets
+
+
+@dataclass(frozen=True)
+class SocketOptions:
+    """The timeout and memory story of one socket (see the module docstring)."""
+
+    linger_ms: int = 500  # close() waits at most this long to flush queued messages
+    send_hwm: int = 64  # messages queued per peer before a send waits (then SNDTIMEO)
+    recv_hwm: int = 64  # messages queued per peer before the peer is back-pressured
+    send_timeout_s: float | None = 10.0  # a send that cannot be queued raises TimeoutError
+    recv_timeout_s: float | None = None  # None: wait forever (servers; liveness by heartbeat)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # larger messages are refused
+    zmtp_heartbeat_ms: int = 2000  # ZMTP ping interval: dead TCP peers are dropped ...
+    zmtp_heartbeat_timeout_ms: int = 10000  # ... after this long without traffic
+    reconnect_ms: int = 100  # DEALER reconnect interval, backing off ...
+    reconnect_max_ms: int = 5000  # ... up to this (a refused CURVE key retries slowly)
+
+
+def _ms(seconds: float | None) -> int:
+    return -1 if seconds is None else max(0, int(seconds * 1000))
+
+
+def _configure(sock: zmq.Socket, options: SocketOptions) -> None:
+    sock.linger = options.linger_ms
+    sock.sndhwm = options.send_hwm
+    sock.rcvhwm = options.recv_hwm
+    sock.sndtimeo = _ms(options.send_timeout_s)
+    sock.rcvtimeo = _ms(options.recv_timeout_s)
+    sock.maxmsgsize = options.max_message_bytes
+    sock.heartbeat_ivl = options.zmtp_heartbeat_ms
+    sock.heartbeat_timeout = options.zmtp_heartbeat_timeout_ms
+    sock.heartbeat_ttl = options.zmtp_heartbeat_timeout_ms
+    sock.reconnect_ivl = options.reconnect_ms
+    sock.reconnect_ivl_max = options.reconnect_max_ms
+
+
+def router(
+    context: zmq.asyncio.Context,
+    bind: str | Sequence[str],
+    options: SocketOptions = SocketOptions(),
+    *,
+    curve: Any = None,
+) -> zmq.asyncio.Socket:
+    """The coordinator's ROUTER, bound to ``bind`` (e.g. "tcp://127.0.0.1:*" for a free port).
+
+    ROUTER_MANDATORY makes a send to a departed worker raise ``PeerUnreachable`` instead of
+    vanishing; ROUTER_HANDOVER lets a restarted worker with the same id take over its route.
+    ``curve`` is an ``auth.ServerCurve`` for remote workers.
+    """
+    sock = context.socket(zmq.ROUTER)
+    try:
+        _configure(sock, options)
+        sock.router_mandatory = 1
+        sock.router_handover = 1
+        if curve is not None:
+            curve.apply(sock)
+        for endpoint in [bind] if isinstance(bind, str) else bind:
+            sock.bind(endpoint)
+    except Exception:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def _dealer_socket(
+    context: zmq.asyncio.Context,
+    identity: str | bytes,
+    options: SocketOptions,
+    curve: Any,
+) -> zmq.asyncio.Socket:
+    sock = context.socket(zmq.DEALER)
+    try:
+        _configure(sock, options)
+        sock.identity = identity.encode() if isinstance(identity, str) else identity
+        sock.immediate = 1
+        if curve is not None:
+            curve.apply(sock)
+    except Exception:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def dealer(
+    context: zmq.asyncio.Context,
+    connect: str,
+    identity: str | bytes,
+    options: SocketOptions = SocketOptions(),
+    *,
+    curve: Any = None,
+) -> zmq.asyncio.Socket:
+    """A worker's DEALER connected to ``connect`` with routing identity ``identity``.
+
+    IMMEDIATE: messages are queued only on a finished connection, so a send while the server is
+    unreachable (or refuses our key) waits and then raises ``TimeoutError`` instead of piling up.
+    ``curve`` is an ``auth.ClientCurve``. Connecting is asynchronous: use ``connect_dealer`` to
+    wait for the handshake and learn about a refused key.
+    """
+    sock = _dealer_socket(context, identity, options, curve)
+    try:
+        sock.connect(connect)
+    except Exception:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+async def connect_dealer(
+    context: zmq.asyncio.Context,
+    connect: str,
+    identity: str | bytes,
+    options: SocketOptions = SocketOptions(),
+    *,
+    curve: Any = None,
+    handshake_timeout: float = 10.0,
+) -> zmq.asyncio.Socket:
+    """``dealer`` that waits until the connection is established (handshake done).
+
+    Raises ``auth.AuthenticationFailed`` when the server refuses our CURVE key and
+    ``TimeoutError`` when the server does not answer within ``handshake_timeout`` seconds.
+    """
+    from asyncrl.runtime.auth import HandshakeWatch
+
+    sock = _dealer_socket(context, identity, options, curve)
+    try:
+        watch = HandshakeWatch(sock)
+        sock.connect(connect)
+        await watch.wait(handshake_timeout)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def bound_endpoint(sock: zmq.Socket) -> str:
+    """The endpoint a socket last bound, with the real port ("tcp://127.0.0.1:41234")."""
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Send / receive protocol messages
+
+
+class PeerUnreachable(ConnectionError):
+    """A ROUTER send named a peer that is not connected (left, died, never came)."""
+
+    def __init__(self, peer: bytes):
+        super().__init__(f"peer {peer!r} is not connected")
+        self.peer = peer
+
+
+async def _await(future: Any, timeout: float | None, what: str, peer: bytes | None) -> Any:
+    try:
+        if timeout is None:
+            return await future  # the socket's SNDTIMEO/RCVTIMEO applies
+        return await asyncio.wait_for(future, timeout)
+    except (zmq.Again, asyncio.TimeoutError):
+        raise TimeoutError(f"{what} timed out" + (f" (peer {peer!r})" if peer else "")) from None
+    except zmq.ZMQError as e:
+        if e.errno == zmq.EHOSTUNREACH and peer is not None:
+            raise PeerUnreachable(peer) from None
+        raise
+
+
+def _track(frames: list[Any], sock: zmq.Socket) -> tuple[list[Any], zmq.MessageTracker | None]:
+    """Wrap the frames ZeroMQ will send zero-copy in tracked ``zmq.Frame``s.
+
+    Frames below the socket's copy threshold are copied by pyzmq at send time and need no
+    tracking. The tracker is done once libzmq has released every zero-copy frame.
+    """
+    threshold = sock.copy_threshold
+    trackers = []
+    out = []
+    for f in frames:
+        if not isinstance(f, bytes) and memoryview(f).nbytes >= threshold:
+            f = zmq.Frame(f, copy=False, track=True)
+            trackers.append(f.tracker)
+        out.append(f)
+    return out, (zmq.MessageTracker(*trackers) if trackers else None)
+
+
+async def send(
+    sock: zmq.asyncio.Socket,
+    header: Header,
+    tree: Any = None,
+    *,
+    track: bool = False,
+    timeout: float | None = None,
+) -> zmq.MessageTracker | None:
+    """Send one message on a DEALER (or any socket without routing frames), zero-copy.
+
+    With ``track=True`` returns a tracker (None when every frame was small enough to be
+    copied): do not write the tree's arrays until ``tracker.done``.
+    """
+    frames = encode(header, tree)
+    tracker = None
+    if track:
+        frames, tracker = _track(frames, sock)
+    await _await(sock.send_multipart(frames, copy=False), timeout, "send", None)
+    return tracker
+
+
+async def send_to(
+    sock: zmq.asyncio.Socket,
+    peer: bytes,
+    header: Header,
+    tree: Any = None,
+    *,
+    track: bool = False,
+    timeout: float | None = None,
+) -> zmq.MessageTracker | None:
+    """Send one message from a ROUTER to ``peer``; raises ``PeerUnreachable`` if it is gone."""
+    frames = [peer, *encode(header, tree)]
+    tracker = None
+    if track:
+        frames, tracker = _track(frames, sock)
+    await _await(sock.send_multipart(frames, copy=False), timeout, "send", peer)
+    return tracker
+
+
+def _max_bytes(sock: zmq.Socket) -> int:
+    limit = sock.getsockopt(zmq.MAXMSGSIZE)
+    return DEFAULT_MAX_MESSAGE_BYTES if limit < 0 else limit
+
+
+def _decode(
+    frames: list[Any], sock: zmq.Socket, shm: ShmReceiver | None, peer: bytes
+) -> tuple[Header, Any]:
+    header, tree = decode(frames, _max_bytes(sock))
+    if header.slot is not None and header.type != MsgType.RELEASE:
+        if shm is None:
+            raise ProtocolError("shared-memory message on a socket without a ShmReceiver")
+        tree = shm.resolve(peer, header)
+    return header, tree
+
+
+async def recv(
+    sock: zmq.asyncio.Socket, *, timeout: float | None = None, shm: ShmReceiver | None = None
+) -> tuple[Header, Any]:
+    """Receive one message on a DEALER: (header, tree of views of the frames, or None).
+
+    Raises ``ProtocolError`` for a malformed message (the message is consumed; keep receiving)
+    and ``TimeoutError`` when nothing arrives in time. Shared-memory messages need ``shm``.
+    """
+    frames = await _await(sock.recv_multipart(copy=False), timeout, "recv", None)
+    return _decode(frames, sock, shm, b"")
+
+
+async def recv_from(
+    sock: zmq.asyncio.Socket, *, timeout: float | None = None, shm: ShmReceiver | None = None
+) -> tuple[bytes, Header, Any]:
+    """Receive one message on a ROUTER: (peer identity, header, tree or None).
+
+    A malformed message raises ``ProtocolError`` with ``.peer`` set, so the caller can log and
+    answer ERROR/REFUSED (``VersionMismatch`` for another protocol version) and go on.
+    """
+    frames = await _await(sock.recv_multipart(copy=False), timeout, "recv", None)
+    peer = frames[0].bytes
+    try:
+        header, tree = _decode(frames[1:], sock, shm, peer)
+    except ProtocolError as e:
+        e.peer = peer
+        raise
+    return peer, header, tree
+
+
+# ---------------------------------------------------------------------------------------------
+# Same host or not
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:  # not Linux: hostname (plus the probe) has to do
+        return ""
+
+
+def host_identity() -> dict[str, str]:
+    """Plain data naming this machine and boot: {"hostname", "boot_id"}."""
+    return {"hostname": pysocket.gethostname(), "boot_id": _boot_id()}
+
+
+class LocalityProbe:
+    """Worker side: a tiny shared-memory segment holding a random token.
+
+    Send ``to_dict()`` in REGISTER's meta; the coordinator's ``choose_path`` reads it back. Close
+    the probe once the coordinator has answered.
+    """
+
+    def __init__(self) -> None:
+        self.token = secrets.token_bytes(16)
+        self._segment = SharedArrayTree.allocate(np.zeros(16, np.uint8))
+        self._segment.tree[:] = np.frombuffer(self.token, np.uint8)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **host_identity(),
+            "probe": self._segment.handle.to_dict(),
+            "token": self.token.hex(),
+        }
+
+    def close(self) -> None:
+        if self._segment is not None:
+            self._segment.release()
+            self._segment = None
+
+    def __enter__(self) -> LocalityProbe:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def is_same_host(probe: Any) -> bool:
+    """True iff ``probe`` (a ``LocalityProbe.to_dict()`` from the peer) proves shared memory."""
+    if not isinstance(probe, dict):
+        return False
+    if probe.get("hostname") != pysocket.gethostname() or probe.get("boot_id") != _boot_id():
+        return False
+    handle, token = probe.get("probe"), probe.get("token")
+    if not isinstance(handle, dict) or not isinstance(token, str):
+        return False
+    name = handle.get("name")
+    if not isinstance(name, str) or not name.startswith("asyncrl_"):
+        return False
+    try:
+        _check_schema(handle.get("schema"))
+        attached = SharedArrayTree.attach(SharedHandle(name, handle["schema"], ()))
+    except Exception:  # missing segment, other namespace, malformed handle: not local
+        return False
+    try:
+        return attached.tree.nbytes == 16 and attached.tree.tobytes().hex() == token
+    except Exception:
+        return False
+    finally:
+        attached.release()
+
+
+def choose_path(probe: Any, prefer: Literal["auto", "shm", "frames"] = "auto") -> Path:
+    """Pick how a worker's batches travel: "shm" for a proven same-host peer, else "frames".
+
+    ``prefer="frames"`` forces frames (e.g. to benchmark TCP); ``prefer="shm"`` still falls back
+    to frames when the probe fails, since shared memory cannot work then.
+    """
+    if prefer == "frames":
+        return "frames"
+    return "shm" if is_same_host(probe) else "frames"
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch slots
+
+
+_FREE, _WRITING, _IN_FLIGHT = 0, 1, 2
+
+
+class BatchSender:
+    """Sends batches of one fixed schema to one peer through K reusable slots.
+
+    ``path="shm"``: each slot is a shared-memory segment; ``send`` sends only the header
+    (slot index + segment name, the full handle on first use); the slot is free again when the
+    receiver's RELEASE comes back (``on_release``). ``path="frames"``: each slot is a private
+    buffer sent zero-copy as frames; it is free again once ZeroMQ has let go of its memory.
+
+    The producer either writes in place (``slot, tree = await acquire()``, fill ``tree``,
+    ``await send(header, slot)``) or lets ``send_tree`` copy a finished batch into a slot.
+    ``peer`` is the ROUTER identity when sending from a ROUTER. Close with ``close()``: the
+    shared segments are unlinked (the receiver's existing views stay valid until it detaches).
+    """
+
+    def __init__(
+        self,
+        sock: zmq.asyncio.Socket,
+        example: Any,
+        *,
+        path: Path = "frames",
+        slots: int = 4,
+        leading_dims: tuple[int, ...] | int = (),
+        peer: bytes | None = None,
+    ):
+        if path not in ("shm", "frames"):
+            raise ValueError(f"path must be 'shm' or 'frames', got {path!r}")
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.sock = sock
+        self.path = path
+        self.peer = peer
+        schema = example_schema(example)
+        self._segments: list[SharedArrayTree] = []
+        if path == "shm":
+            for _ in range(slots):
+                self._segments.append(SharedArrayTree.allocate(schema, leading_dims))
+            self.trees = [s.tree for s in self._segments]
+            self._names = {s.handle.name: i for i, s in enumerate(self._segments)}
+        else:
+            self.trees = [buffer_from_schema(schema, leading_dims) for _ in range(slots)]
+            self._names = {}
+        self._state = [_FREE] * slots
+        self._trackers: list[zmq.MessageTracker | None] = [None] * slots
+        self._announced = [False] * slots
+        self._freed = asyncio.Event()
+        self._next = 0
+
+    @property
+    def slots(self) -> int:
+        return len(self.trees)
+
+    @property
+    def in_flight(self) -> int:
+        """Slots sent and not yet free again (shm: not released; frames: not yet sent out)."""
+        self._reap()
+        return sum(state == _IN_FLIGHT for state in self._state)
+
+    @property
+    def free_slots(self) -> int:
+        self._reap()
+        return sum(state == _FREE for state in self._state)
+
+    def _reap(self) -> None:
+        if self.path == "frames":
+            for i, state in enumerate(self._state):
+                tracker = self._trackers[i]
+                if state == _IN_FLIGHT and (tracker is None or tracker.done):
+                    self._trackers[i] = None
+                    self._state[i] = _FREE
+
+    def _take_free(self) -> int | None:
+        n = len(self._state)
+        for k in range(n):
+            i = (self._next + k) % n
+            state = self._state[i]
+            if state == _IN_FLIGHT and self.path == "frames":
+                tracker = self._trackers[i]
+                if tracker is None or tracker.done:
+                    self._trackers[i] = None
+                    state = self._state[i] = _FREE
+            if state == _FREE:
+                self._state[i] = _WRITING
+                self._next = (i + 1) % n
+                return i
+        return None
+
+    async def acquire(self, timeout: float | None = None) -> tuple[int, Any]:
+        """A free slot index and its writable tree; waits (at most ``timeout`` s) for one."""
+        i = self._take_free()
+        if i is not None:
+            return i, self.trees[i]
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        pause = 5e-5
+        while True:
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError(
+                    f"no free {self.path} slot within {timeout} s: the receiver does not "
+                    + ("release slots" if self.path == "shm" else "drain its socket")
+                )
+            if self.path == "shm":
+                self._freed.clear()
+                remaining = None if deadline is None else deadline - loop.time()
+                try:
+                    await asyncio.wait_for(self._freed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+            else:  # trackers are threading events set by pyzmq: poll with a short backoff
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2e-3)
+            i = self._take_free()
+            if i is not None:
+                return i, self.trees[i]
+
+    async def send(self, header: Header, slot: int, *, timeout: float | None = None) -> None:
+        """Send the batch in ``slot`` (acquired and filled) with ``header``."""
+        if self._state[slot] != _WRITING:
+            raise ValueError(f"slot {slot} was not acquired (or was already sent)")
+        try:
+            if self.path == "shm":
+                segment = self._segments[slot]
+                header.slot = slot
+                header.schema = None
+                if self._announced[slot]:
+                    header.shm = {"name": segment.handle.name}
+                else:
+                    header.shm = segment.handle.to_dict()
+                if self.peer is None:
+                    await send(self.sock, header, timeout=timeout)
+                else:
+                    await send_to(self.sock, self.peer, header, timeout=timeout)
+                self._announced[slot] = True
+            else:
+                header.slot = header.shm = None
+                tree = self.trees[slot]
+                if self.peer is None:
+                    tracker = await send(self.sock, header, tree, track=True, timeout=timeout)
+                else:
+                    tracker = await send_to(
+                        self.sock, self.peer, header, tree, track=True, timeout=timeout
+                    )
+                self._trackers[slot] = tracker
+        except BaseException:
+            self._state[slot] = _FREE  # not queued: nobody else holds the slot
+            raise
+        self._state[slot] = _IN_FLIGHT
+
+    async def send_tree(self, header: Header, tree: Any, *, timeout: float | None = None) -> int:
+        """Copy ``tree`` into a free slot and send it; returns the slot index."""
+        slot, buffer = await self.acquire(timeout)
+        try:
+            for dst, src in zip(tree_leaves(buffer), tree_leaves(tree), strict=True):
+                np.copyto(dst, np.asarray(src))
+        except BaseException:
+            self._state[slot] = _FREE
+            raise
+        await self.send(header, slot, timeout=timeout)
+        return slot
+
+    def on_release(self, header: Header) -> bool:
+        """Handle a RELEASE from the receiver; True if it freed one of our slots."""
+        if header.type != MsgType.RELEASE or header.slot is None or header.shm is None:
+            return False
+        slot = self._names.get(header.shm.get("name"))
+        if slot is None or slot != header.slot or self._state[slot] != _IN_FLIGHT:
+            return False
+        self._state[slot] = _FREE
+        self._freed.set()
+        return True
+
+    def reset(self) -> None:
+        """Forget the receiver (it restarted): every slot free, handles announced anew."""
+        self._state = [_FREE] * len(self.trees)
+        self._trackers = [None] * len(self.trees)
+        self._announced = [False] * len(self.trees)
+        self._freed.set()
+
+    def close(self) -> None:
+        for segment in self._segments:
+            segment.release()
+        self._segments = []
+        self.trees = []
+
+    def __enter__(self) -> BatchSender:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def release_header(header: Header) -> Header:
+    """The RELEASE answer to a shared-memory message: the sender may reuse that slot."""
+    if header.slot is None or header.shm is None:
+        raise ValueError("not a shared-memory message")
+    return header.reply(MsgType.RELEASE, slot=header.slot, shm={"name": header.shm["name"]})
+
+
+class ShmReceiver:
+    """Receiver side of shared-memory slots: attaches each peer's segments once, returns views.
+
+    Only peers passed to ``allow`` (those ``choose_path`` found local) may send shm messages;
+    anything else is a ``ProtocolError``. A view is valid until you answer RELEASE for it
+    (``release_header``); copy what you keep longer. ``forget(peer)`` detaches a peer's
+    segments (it left); ``close()`` detaches all. The sender owns and unlinks the segments.
+    """
+
+    def __init__(self, max_segments_per_peer: int = 64):
+        self.max_segments_per_peer = max_segments_per_peer
+        self._peers: dict[bytes, dict[str, SharedArrayTree]] = {}
+
+    def allow(self, peer: bytes = b"") -> None:
+        self._peers.setdefault(peer, {})
+
+    def forget(self, peer: bytes = b"") -> None:
+        for segment in self._peers.pop(peer, {}).values():
+            segment.release()
+
+    def close(self) -> None:
+        for peer in list(self._peers):
+            self.forget(peer)
+
+    def resolve(self, peer: bytes, header: Header) -> Any:
+        segments = self._peers.get(peer)
+        if segments is None:
+            raise ProtocolError("shared-memory message from a peer not allowed to use it")
+        name = header.shm["name"]
+        segment = segments.get(name)
+        if segment is None:
+            if "schema" not in header.shm:
+                raise ProtocolError(f"unknown shared-memory segment {name} and no handle")
+            if len(segments) >= self.max_segments_per_peer:
+                raise ProtocolError(f"peer announced more than {self.max_segments_per_peer} slots")
+            try:
+                handle = SharedHandle.from_dict(header.shm)
+                _check_schema(handle.schema)
+                segment = SharedArrayTree.attach(handle)
+            except ProtocolError:
+                raise
+            except Exception as e:  # missing segment, too small for its schema, bad handle
+                raise ProtocolError(
+                    f"cannot attach shared memory {name}: {type(e).__name__}: {e}"[:200]
+                ) from None
+            segments[name] = segment
+        return segment.tree
+
+
+def _check_schema(schema: Any, depth: int = 0) -> None:
+    if depth > 32:
+        raise ProtocolError("schema nested too deeply")
+    if schema is None:
+        return
+    if not isinstance(schema, dict):
+        raise ProtocolError("malformed schema node")
+    if "fields" in schema:
+        children = schema.get("children")
+        if not isinstance(children, list):
+            raise ProtocolError("malformed schema: children must be a list")
+        for child in children:
+            _check_schema(child, depth + 1)
+        return
+    try:
+        dtype = np.dtype(schema["dtype"])
+    except Exception as e:
+        raise ProtocolError(f"malformed leaf schema: {e}"[:200]) from None
+    if dtype.hasobject:
+        raise ProtocolError(f"refusing leaf dtype {dtype}")
