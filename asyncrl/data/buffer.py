@@ -6,13 +6,21 @@ another process can attach to. Knows nothing about what the arrays mean.
 Shared memory: one ``multiprocessing.shared_memory`` segment holds every leaf of the tree. The
 owner unlinks it on ``release()``, on garbage collection, at interpreter exit, and (through
 Python's resource tracker) even when the owner is killed. Attaching processes never register the
-segment with their own tracker, so a child exiting never unlinks its parent's memory.
+segment with their own tracker, so a child exiting never unlinks its parent's memory; a forked
+copy of the owner never unlinks it either (only the allocating pid does).
+
+Releasing removes the segment's name at once; the mapping itself is closed only once no array
+views it any more, so an array kept after ``release()`` stays valid memory (never a dangling
+pointer) and the memory is returned when the last view is dropped.
 """
 
 from __future__ import annotations
 
 import atexit
+import math
+import os
 import secrets
+import threading
 import weakref
 from dataclasses import dataclass
 from multiprocessing import resource_tracker, shared_memory
@@ -31,12 +39,26 @@ _ALIGN = 64
 SHM_PREFIX = "asyncrl_"
 
 
+def _torch_dtype_to_numpy(dtype: Any) -> np.dtype:
+    try:
+        return torch.empty(0, dtype=dtype).numpy().dtype
+    except TypeError:
+        raise TypeError(
+            f"torch dtype {dtype} has no numpy equivalent; cast the example leaf "
+            "(e.g. bfloat16 -> float32) before allocating a buffer from it"
+        ) from None
+
+
 def _leaf_example(x: Any) -> tuple[np.dtype, tuple[int, ...]]:
     if torch is not None and isinstance(x, torch.Tensor):
-        return np.dtype(str(x.dtype).removeprefix("torch.").replace("bool", "bool_")), tuple(
-            x.shape
-        )
+        return _torch_dtype_to_numpy(x.dtype), tuple(x.shape)
     a = np.asarray(x)
+    if a.dtype.fields is not None or a.dtype.subdtype is not None:
+        # dtype.str of a record is a bare "|V<n>": its field names would be lost silently.
+        raise TypeError(
+            f"leaf of structured dtype {a.dtype} is not supported: make each record field a "
+            "field of a namedarraytuple instead"
+        )
     return a.dtype, a.shape
 
 
@@ -54,13 +76,21 @@ def example_schema(example: Any) -> Any:
     return {"dtype": dtype.str, "shape": list(shape)}
 
 
-def _schema_nbytes(schema: Any, lead: tuple[int, ...]) -> list[tuple[np.dtype, tuple[int, ...]]]:
+def _leading(leading_dims: tuple[int, ...] | int) -> tuple[int, ...]:
+    lead = (leading_dims,) if isinstance(leading_dims, (int, np.integer)) else tuple(leading_dims)
+    for d in lead:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 0:
+            raise ValueError(f"leading_dims must be non-negative ints, got {leading_dims!r}")
+    return tuple(int(d) for d in lead)
+
+
+def _leaf_specs(schema: Any, lead: tuple[int, ...]) -> list[tuple[np.dtype, tuple[int, ...]]]:
     if schema is None:
         return []
     if "fields" in schema:
         out = []
         for c in schema["children"]:
-            out.extend(_schema_nbytes(c, lead))
+            out.extend(_leaf_specs(c, lead))
         return out
     return [(np.dtype(schema["dtype"]), lead + tuple(schema["shape"]))]
 
@@ -75,7 +105,8 @@ def _build(schema: Any, lead: tuple[int, ...], next_array) -> Any:
 
 
 def buffer_from_schema(schema: Any, leading_dims: tuple[int, ...] | int = ()) -> Any:
-    lead = (leading_dims,) if isinstance(leading_dims, int) else tuple(leading_dims)
+    """Allocate zeros (in ordinary memory) for the tree described by ``example_schema``."""
+    lead = _leading(leading_dims)
     return _build(schema, lead, lambda dt, shape: np.zeros(shape, dtype=dt))
 
 
@@ -85,14 +116,18 @@ def buffer_from_example(
     """Allocate zeros shaped ``leading_dims + leaf.shape`` for every leaf of ``example``.
 
     Leaves of the example may be numpy arrays, numpy/python scalars or torch tensors; the buffer
-    is numpy (wrap with ``to_torch`` for a zero-copy torch view). With ``shared=True`` the buffer
-    lives in one named shared-memory segment: ``shared_handle(buf)`` gives the plain-data handle
-    another process passes to ``attach_shared`` and ``release_shared(buf)`` frees it (it is freed
-    at exit in any case).
+    is numpy (wrap with ``to_torch`` for a zero-copy torch view) with the example's dtypes
+    (python floats give float64, ints int64). With ``shared=True`` the buffer lives in one named
+    shared-memory segment: ``shared_handle(buf)`` gives the plain-data handle another process
+    passes to ``attach_shared`` and ``release_shared(buf)`` frees it (it is freed at exit in any
+    case; until then this module keeps the buffer alive). Shared leaves must have fixed-size
+    dtypes (no ``object``). A ``None`` example gives ``None``.
     """
     schema = example_schema(example)
     if not shared:
         return buffer_from_schema(schema, leading_dims)
+    if schema is None:
+        return None
     owner = SharedArrayTree.allocate(schema, leading_dims)
     _OWNERS[id(owner.tree)] = owner
     return owner.tree
@@ -114,78 +149,132 @@ class SharedHandle:
         return cls(d["name"], d["schema"], tuple(d["leading_dims"]))
 
 
-def _layout(schema: Any, lead: tuple[int, ...]) -> tuple[list[int], int]:
-    offsets, pos = [], 0
-    for dtype, shape in _schema_nbytes(schema, lead):
-        offsets.append(pos)
-        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+def _layout(schema: Any, lead: tuple[int, ...]) -> tuple[list[tuple[int, int]], int]:
+    """(offset, nbytes) of every leaf, 64-byte aligned, and the segment size."""
+    spans, pos = [], 0
+    for dtype, shape in _leaf_specs(schema, lead):
+        if dtype.hasobject or dtype.itemsize == 0:
+            raise TypeError(
+                f"shared buffers hold fixed-size dtypes; a leaf has dtype {dtype} "
+                f"(shape {list(shape)}): store it outside the shared buffer"
+            )
+        n = math.prod(shape) * dtype.itemsize
+        spans.append((pos, n))
         pos += (n + _ALIGN - 1) // _ALIGN * _ALIGN
-    return offsets, max(pos, 1)
+    return spans, max(pos, 1)
 
 
-def _unlink(shm: shared_memory.SharedMemory) -> None:
-    try:
-        shm.close()
-    except BufferError:
-        pass  # views still exported; the mapping goes away with the process
-    try:
-        shm.unlink()
-    except FileNotFoundError:
-        pass
+class _Segment(shared_memory.SharedMemory):
+    """SharedMemory that stays quiet when garbage collected at exit with views still alive."""
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except (OSError, BufferError):
+            pass
+
+
+# Segments released while arrays still view them; closed once those arrays are gone. Closing
+# earlier is impossible (mmap refuses while views export it), and that refusal is what keeps
+# a numpy array kept after release() from pointing into unmapped memory.
+_PENDING_CLOSE: list[shared_memory.SharedMemory] = []
+_PENDING_LOCK = threading.Lock()
+
+
+def _close_unused() -> None:
+    with _PENDING_LOCK:
+        for shm in list(_PENDING_CLOSE):
+            try:
+                shm.close()
+            except BufferError:
+                continue
+            _PENDING_CLOSE.remove(shm)
+
+
+def _close_when_unused(shm: shared_memory.SharedMemory) -> None:
+    with _PENDING_LOCK:
+        _PENDING_CLOSE.append(shm)
+    _close_unused()
+
+
+def _release_segment(shm: shared_memory.SharedMemory, unlink_in_pid: int | None) -> None:
+    if unlink_in_pid is not None and os.getpid() == unlink_in_pid:
+        try:
+            shm.unlink()
+        except FileNotFoundError:
+            pass
+    _close_when_unused(shm)
 
 
 class SharedArrayTree:
-    """A tree of numpy arrays in one shared-memory segment (owner or attached view)."""
+    """A tree of numpy arrays in one shared-memory segment (owner or attached view).
+
+    ``.tree`` is the namedarraytuple (or array) of views; ``.handle`` the plain-data handle;
+    ``.release()`` unlinks (owner) or detaches (attached). The owner is released when garbage
+    collected too.
+    """
 
     def __init__(self, shm, handle: SharedHandle, owner: bool):
         self.shm = shm
         self.handle = handle
         self.owner = owner
-        offsets, _ = _layout(handle.schema, handle.leading_dims)
-        it = iter(offsets)
+        # Registered first, so a failure below still releases the segment.
+        self._finalizer = weakref.finalize(
+            self, _release_segment, shm, os.getpid() if owner else None
+        )
+        spans, size = _layout(handle.schema, handle.leading_dims)
+        if shm.size < size:
+            self._finalizer()
+            raise ValueError(
+                f"shared segment {handle.name!r} has {shm.size} bytes, the handle's schema "
+                f"needs {size}: the handle does not belong to this segment"
+            )
+        # np.frombuffer keeps the segment's buffer exported for as long as any view lives.
+        flat = np.frombuffer(shm.buf, dtype=np.uint8)
+        it = iter(spans)
 
         def make(dtype, shape):
-            return np.ndarray(shape, dtype=dtype, buffer=shm.buf, offset=next(it))
+            offset, nbytes = next(it)
+            return flat[offset : offset + nbytes].view(dtype).reshape(shape)
 
         self.tree = _build(handle.schema, handle.leading_dims, make)
-        if owner:
-            self._finalizer = weakref.finalize(self, _unlink, shm)
-        else:
-            self._finalizer = weakref.finalize(self, _close_quietly, shm)
 
     @classmethod
     def allocate(cls, schema: Any, leading_dims: tuple[int, ...] | int = ()) -> SharedArrayTree:
+        """Create a new segment for ``schema`` (or an example tree) with ``leading_dims``."""
         if not isinstance(schema, dict) and schema is not None:
             schema = example_schema(schema)
-        lead = (leading_dims,) if isinstance(leading_dims, int) else tuple(leading_dims)
-        _, size = _layout(schema, lead)
+        lead = _leading(leading_dims)
+        _, size = _layout(schema, lead)  # validates dtypes before creating anything
+        _close_unused()
         name = SHM_PREFIX + secrets.token_hex(8)
-        shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        shm = _Segment(name=name, create=True, size=size)
         return cls(shm, SharedHandle(shm.name, schema, lead), owner=True)
 
     @classmethod
     def attach(cls, handle: SharedHandle | dict) -> SharedArrayTree:
+        """Map an existing segment by handle; this process never unlinks it."""
         if isinstance(handle, dict):
             handle = SharedHandle.from_dict(handle)
-        # Do not let this process's resource tracker adopt (and later unlink) the segment.
-        orig = resource_tracker.register
-        resource_tracker.register = lambda *a, **k: None  # type: ignore[assignment]
-        try:
-            shm = shared_memory.SharedMemory(name=handle.name, create=False)
-        finally:
-            resource_tracker.register = orig  # type: ignore[assignment]
+        _leading(handle.leading_dims)  # a handle is plain data from another process: check it
+        _close_unused()
+        try:  # Python >= 3.13
+            shm = _Segment(name=handle.name, create=False, track=False)
+        except TypeError:
+            # Do not let this process's resource tracker adopt (and later unlink) the segment.
+            orig = resource_tracker.register
+            resource_tracker.register = lambda *a, **k: None  # type: ignore[assignment]
+            try:
+                shm = _Segment(name=handle.name, create=False)
+            finally:
+                resource_tracker.register = orig  # type: ignore[assignment]
         return cls(shm, handle, owner=False)
 
     def release(self) -> None:
+        """Unlink (owner) or detach (attached); idempotent."""
         self.tree = None
+        self.shm = None
         self._finalizer()
-
-
-def _close_quietly(shm) -> None:
-    try:
-        shm.close()
-    except BufferError:
-        pass
 
 
 _OWNERS: dict[int, SharedArrayTree] = {}
@@ -193,10 +282,15 @@ _OWNERS: dict[int, SharedArrayTree] = {}
 
 def shared_handle(buf: Any) -> SharedHandle:
     """The handle of a buffer made by ``buffer_from_example(..., shared=True)``."""
+    if isinstance(buf, SharedArrayTree):
+        return buf.handle
     try:
         return _OWNERS[id(buf)].handle
     except KeyError:
-        raise ValueError("not a shared buffer made by buffer_from_example(shared=True)") from None
+        raise ValueError(
+            "not a shared buffer made by buffer_from_example(shared=True) "
+            "(pass the buffer itself, not a slice, view or torch copy of it)"
+        ) from None
 
 
 def attach_shared(handle: SharedHandle | dict) -> SharedArrayTree:
@@ -205,6 +299,7 @@ def attach_shared(handle: SharedHandle | dict) -> SharedArrayTree:
 
 
 def release_shared(buf: Any) -> None:
+    """Unlink a buffer made by ``buffer_from_example(shared=True)``; no-op if already released."""
     owner = _OWNERS.pop(id(buf), None)
     if owner is not None:
         owner.release()
@@ -214,3 +309,4 @@ def release_shared(buf: Any) -> None:
 def _release_all() -> None:
     for key in list(_OWNERS):
         _OWNERS.pop(key).release()
+    _close_unused()

@@ -8,11 +8,19 @@ namedarraytuples or ``None``. ``x[idx]`` applies ``idx`` to every leaf and retur
 ``x[idx] = value`` writes ``value`` (a structure of the same type, or a scalar/array broadcast to
 every leaf) into every leaf in place; ``None`` leaves are skipped. Attribute and string access
 read fields as a namedtuple does (``x.obs``, ``x["obs"]``). Classes are cached by (name, fields),
-so instances pickle by value and two processes that build the same type agree on it.
+so instances (and the classes themselves) pickle by (name, fields) and two processes that build the
+same type agree on it.
+
+Writes convert between the two array kinds: a numpy value written into a torch leaf (or a torch
+value into a numpy leaf) is converted first. A plain tuple written into a namedarraytuple is read
+as one value per field; a nested namedarraytuple is never broadcast into an array leaf.
+``==`` is identity (element-wise tuple comparison of arrays is ambiguous): use ``tree_equal``.
 """
 
 from __future__ import annotations
 
+import copyreg
+import itertools
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -32,6 +40,61 @@ def _rebuild(typename: str, fields: tuple[str, ...], values: tuple) -> Any:
     return namedarraytuple(typename, fields)(*values)
 
 
+class _NamedArrayTupleMeta(type):
+    """Metaclass only so that the classes, made at run time, pickle by (name, fields)."""
+
+
+def _made_by_namedarraytuple(cls: type) -> bool:
+    fields = getattr(cls, "_fields", None)
+    return fields is not None and _CLASSES.get((cls.__name__, tuple(fields))) is cls
+
+
+def _reduce_class(cls: type) -> Any:
+    if _made_by_namedarraytuple(cls):
+        return namedarraytuple, (cls.__name__, tuple(cls._fields))
+    return cls.__qualname__  # the base, or a user's subclass in a module: pickle by reference
+
+
+copyreg.pickle(_NamedArrayTupleMeta, _reduce_class)
+
+
+def _is_nat(x: Any) -> bool:
+    # Same answer as isinstance(x, NamedArrayTupleBase) (every such class has this metaclass),
+    # several times cheaper: isinstance with a custom metaclass takes the slow path.
+    return type(type(x)) is _NamedArrayTupleMeta
+
+
+_ndarray = np.ndarray
+_PLAIN_SCALARS = (int, float, bool)
+
+
+def _write_leaf(dst: Any, loc: Any, value: Any) -> None:
+    """``dst[loc] = value`` for an array leaf, converting numpy <-> torch values."""
+    if type(dst) is _ndarray and (type(value) is _ndarray or type(value) in _PLAIN_SCALARS):
+        dst[loc] = value  # the common case, kept cheap: this runs per field per env step
+        return
+    if _is_nat(value):
+        raise TypeError(f"cannot write a {type(value).__name__} into an array leaf")
+    if torch is not None:
+        if isinstance(dst, torch.Tensor):
+            if isinstance(value, (np.ndarray, np.generic)):
+                value = np.require(value, requirements="C")
+                if not value.flags.writeable:
+                    value = value.copy()
+                value = torch.from_numpy(value)
+        elif isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+    dst[loc] = value
+
+
+def _field_error(e: Exception, name: str) -> Exception:
+    """The same kind of error (one of the builtin bases), prefixed with the field being written."""
+    for kind in (IndexError, KeyError, ValueError, TypeError, RuntimeError):
+        if isinstance(e, kind):
+            return kind(f"writing field {name!r}: {e}")
+    return e
+
+
 def _leaf_repr(x: Any) -> str:
     if x is None:
         return "None"
@@ -42,7 +105,7 @@ def _leaf_repr(x: Any) -> str:
     return repr(x)
 
 
-class NamedArrayTupleBase(tuple):
+class NamedArrayTupleBase(tuple, metaclass=_NamedArrayTupleMeta):
     """Mixin behaviour; concrete classes are made by :func:`namedarraytuple`."""
 
     __slots__ = ()
@@ -50,49 +113,65 @@ class NamedArrayTupleBase(tuple):
 
     def __getitem__(self, loc):
         if isinstance(loc, str):
-            return getattr(self, loc)
-        try:
-            return type(self)(*(None if s is None else s[loc] for s in self))
-        except IndexError as e:
-            raise IndexError(f"{type(self).__name__}[{loc!r}]: {e}") from e
+            if loc in self._fields:
+                return getattr(self, loc)
+            raise KeyError(f"{type(self).__name__} has no field {loc!r}; fields: {self._fields}")
+        values = []
+        for name, s in zip(self._fields, self):
+            try:
+                values.append(None if s is None else s[loc])
+            except IndexError as e:
+                raise IndexError(f"{type(self).__name__}[{loc!r}], field {name!r}: {e}") from e
+        return type(self)(*values)
 
     def __setitem__(self, loc, value) -> None:
-        if isinstance(value, tuple) and not isinstance(value, NamedArrayTupleBase):
-            value = type(self)(*value) if len(value) == len(self) else value
-        if isinstance(value, NamedArrayTupleBase):
+        if _is_nat(value):
             if value._fields != self._fields:
                 raise ValueError(
                     f"cannot write {type(value).__name__}{value._fields} into "
                     f"{type(self).__name__}{self._fields}: fields differ"
                 )
-            for name, s, v in zip(self._fields, self, value):
-                if s is None or v is None:
-                    continue
-                try:
+            values = value
+        elif isinstance(value, tuple):  # a plain tuple: one value per field
+            if len(value) != len(self):
+                raise ValueError(
+                    f"cannot write a plain tuple of {len(value)} values into "
+                    f"{type(self).__name__}{self._fields}: give one value per field, a "
+                    f"{type(self).__name__}, or a scalar/array to broadcast to every field"
+                )
+            values = value
+        else:  # broadcast to every leaf
+            values = itertools.repeat(value)
+        for name, s, v in zip(self._fields, self, values):
+            if s is None or v is None:
+                continue
+            try:
+                if _is_nat(s):
                     s[loc] = v
-                except (ValueError, TypeError, RuntimeError, IndexError) as e:
-                    raise type(e)(f"writing field {name!r}: {e}") from e
-        else:
-            for s in self:
-                if s is not None:
-                    s[loc] = value
+                else:
+                    _write_leaf(s, loc, v)
+            except (IndexError, KeyError, ValueError, TypeError, RuntimeError) as e:
+                raise _field_error(e, name) from e
 
     def __contains__(self, key) -> bool:
         return key in self._fields
 
     def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self, name, default)
+        """The field ``name``, or ``default`` when there is no such field (like ``dict.get``)."""
+        return getattr(self, name) if name in self._fields else default
 
     def items(self) -> Iterator[tuple[str, Any]]:
         return zip(self._fields, self)
 
     def __reduce__(self):
-        return _rebuild, (type(self).__name__, self._fields, tuple(self))
+        cls = type(self)
+        if _made_by_namedarraytuple(cls):
+            return _rebuild, (cls.__name__, self._fields, tuple(self))
+        return cls._make, (tuple(self),)  # a user's subclass, importable by name
 
     def __repr__(self) -> str:
         inner = ", ".join(
-            f"{k}={v!r}" if isinstance(v, NamedArrayTupleBase) else f"{k}={_leaf_repr(v)}"
-            for k, v in self.items()
+            f"{k}={v!r}" if _is_nat(v) else f"{k}={_leaf_repr(v)}" for k, v in self.items()
         )
         return f"{type(self).__name__}({inner})"
 
@@ -119,20 +198,30 @@ def namedarraytuple(typename: str, field_names: Iterable[str] | str) -> type:
     if bad:
         raise ValueError(f"namedarraytuple {typename}: reserved field names {bad}")
     base = namedtuple(typename, fields)  # validates identifiers and duplicates
-    cls = type(typename, (NamedArrayTupleBase, base), {"__slots__": ()})
+    cls = _NamedArrayTupleMeta(typename, (NamedArrayTupleBase, base), {"__slots__": ()})
     cls.__module__ = __name__
     _CLASSES[key] = cls
     return cls
 
 
 def is_namedarraytuple(x: Any) -> bool:
-    return isinstance(x, NamedArrayTupleBase)
+    return _is_nat(x)
 
 
-def tree_map(fn: Callable[[Any], Any], *trees: Any) -> Any:
-    """Apply ``fn`` to corresponding non-None leaves of one or more trees of the same type."""
+def tree_map(fn: Callable[..., Any], *trees: Any) -> Any:
+    """Apply ``fn`` to corresponding leaves of one or more trees with the same fields.
+
+    Where the first tree has ``None`` the result has ``None``; the other trees' leaves are passed
+    as they are (``None`` included).
+    """
     first = trees[0]
     if is_namedarraytuple(first):
+        for other in trees[1:]:
+            if not is_namedarraytuple(other) or other._fields != first._fields:
+                raise ValueError(
+                    f"tree_map: {type(first).__name__}{first._fields} does not match "
+                    f"{type(other).__name__}{getattr(other, '_fields', '')}"
+                )
         return type(first)(*(tree_map(fn, *children) for children in zip(*trees)))
     if first is None:
         return None
@@ -166,12 +255,18 @@ def _as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def to_torch(tree: Any, device: str | None = None) -> Any:
-    """Torch view of a numpy tree; shares memory when on CPU (no copy)."""
+def to_torch(tree: Any, device: str | torch.device | None = None) -> Any:
+    """Torch view of a numpy tree; shares memory when on CPU (no copy).
+
+    With ``device`` the leaves are moved there (a copy unless already there). Copies to a GPU are
+    non-blocking (overlap with compute when the source is pinned); copies to the CPU block, so
+    the result is safe to read at once.
+    """
+    non_blocking = device is not None and torch.device(device).type != "cpu"
 
     def conv(x):
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-        return t if device is None else t.to(device, non_blocking=True)
+        return t if device is None else t.to(device, non_blocking=non_blocking)
 
     return tree_map(conv, tree)
 
