@@ -12,8 +12,11 @@ from typing import Any
 
 from asyncrl.algos.a2c import A2C, A2CConfig
 from asyncrl.algos.c51 import C51, C51Config, RainbowConfig
+from asyncrl.algos.ddpg import DDPG, DDPGConfig
 from asyncrl.algos.dqn import DQN, DQNConfig, make_dqn_agent
 from asyncrl.algos.ppo import PPO, PPOConfig
+from asyncrl.algos.sac import SAC, SACConfig, make_sac_agent
+from asyncrl.algos.td3 import TD3, TD3Config, make_td3_agent
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ register_algo(AlgoEntry("ppo", PPOConfig, "onpolicy", _pg_agent, PPO, "Proximal 
 register_algo(AlgoEntry("dqn", DQNConfig, "offpolicy", make_dqn_agent, DQN, "Deep Q-Network (double, dueling, PER, n-step)"))
 register_algo(AlgoEntry("c51", C51Config, "offpolicy", make_dqn_agent, C51, "Categorical DQN (C51)"))
 register_algo(AlgoEntry("rainbow", RainbowConfig, "offpolicy", make_dqn_agent, C51, "Rainbow (C51+double+dueling+PER+n-step+noisy)"))
+register_algo(AlgoEntry("sac", SACConfig, "offpolicy", make_sac_agent, SAC, "Soft Actor-Critic"))
+register_algo(AlgoEntry("td3", TD3Config, "offpolicy", make_td3_agent, TD3, "Twin Delayed DDPG"))
+register_algo(AlgoEntry("ddpg", DDPGConfig, "offpolicy", make_td3_agent, DDPG, "Deep Deterministic Policy Gradient"))
 register_algo(AlgoEntry("a2c", A2CConfig, "onpolicy", _pg_agent, A2C, "Advantage Actor-Critic"))
 
-__all__ = ["A2C", "ALGOS", "C51", "DQN", "PPO", "A2CConfig", "AlgoEntry", "C51Config", "DQNConfig", "PPOConfig", "RainbowConfig", "register_algo"]
+__all__ = ["A2C", "ALGOS", "C51", "DQN", "PPO", "A2CConfig", "AlgoEntry", "C51Config", "DQNConfig", "PPOConfig", "RainbowConfig", "register_algo", "DDPG", "DDPGConfig", "SAC", "SACConfig", "TD3", "TD3Config"]

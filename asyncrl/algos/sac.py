@@ -1,0 +1,119 @@
+"""Soft Actor-Critic (Haarnoja et al. 2018, arXiv:1812.05905): twin Q-functions with clipped
+double-Q targets, a tanh-squashed Gaussian policy, automatic entropy tuning towards a target
+entropy (default -|A|) or a fixed alpha, Polyak-averaged target critics. Owns the losses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from asyncrl.agents.qpg import QpgAgent
+from asyncrl.algos.offpolicy import ReplayLearner, frozen_copy
+from asyncrl.models.qpg import EnsembleQ, polyak_update
+
+
+@dataclass
+class SACConfig:
+    learning_rate: float = 3e-4  # Adam step size for actor, critics and alpha
+    gamma: float = 0.99  # discount
+    tau: float = 0.005  # Polyak factor of the target critics
+    batch_size: int = 256  # transitions per update
+    buffer_size: int = 1_000_000  # replay capacity
+    learning_starts: int = 10_000  # env steps of uniform random actions before updates
+    replay_ratio: float = 1.0  # gradient updates per env step
+    n_step: int = 1  # n-step returns
+    auto_alpha: bool = True  # tune alpha towards target_entropy
+    alpha: float = 0.2  # initial (or fixed, when auto_alpha is false) entropy temperature
+    target_entropy: float = 0.0  # 0: -dim(A)
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])  # actor and critics
+    activation: str = "relu"
+    save_replay: bool = True  # include the replay contents in checkpoints
+
+
+def make_sac_agent(obs_space, action_space, model_config, device, cfg: SACConfig) -> QpgAgent:
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    return QpgAgent(
+        obs_space,
+        action_space,
+        cfg.hidden_sizes,
+        "gaussian",
+        cfg.activation,
+        device=device,
+        seed=seed,
+    )
+
+
+class SAC(ReplayLearner):
+    def __init__(self, agent: QpgAgent, config: SACConfig, seed: int = 0):
+        super().__init__(agent, config, seed)
+        obs_dim = agent.flatten.output_size
+        self.critic = EnsembleQ(
+            obs_dim, agent.action_dim, config.hidden_sizes, 2, config.activation
+        ).to(agent.device)
+        self.critic_target = frozen_copy(self.critic)
+        self.actor_opt = torch.optim.Adam(agent.model.parameters(), lr=config.learning_rate)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.learning_rate)
+        self.target_entropy = config.target_entropy or -float(agent.action_dim)
+        self.log_alpha = torch.tensor(
+            float(torch.tensor(config.alpha).log()), device=agent.device, requires_grad=True
+        )
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.learning_rate)
+
+    def update(self, s) -> dict:
+        cfg, agent = self.config, self.agent
+        obs = agent.features(s.observation)
+        next_obs = agent.features(s.next_observation)
+        action = agent.from_env(s.action)
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_a, next_logp = agent.model(next_obs)
+            next_q = self.critic_target(next_obs, next_a).min(0).values - alpha * next_logp
+            target = s.reward + s.discount * next_q
+        q = self.critic(obs, action)  # [2, N]
+        critic_loss = 0.5 * (q - target.unsqueeze(0)).pow(2).mean(1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+
+        self.critic.requires_grad_(False)
+        a, logp = agent.model(obs)
+        q_pi = self.critic(obs, a).min(0).values
+        actor_loss = (alpha * logp - q_pi).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_opt.step()
+        self.critic.requires_grad_(True)
+
+        out = {
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "alpha": alpha,
+            "entropy": -logp.detach().mean(),
+        }
+        if cfg.auto_alpha:
+            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+        polyak_update(self.critic_target, self.critic, cfg.tau)
+        return out
+
+    def learner_state(self) -> dict:
+        return {
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "alpha_opt": self.alpha_opt.state_dict(),
+        }
+
+    def load_learner_state(self, s: dict) -> None:
+        self.critic.load_state_dict(s["critic"])
+        self.critic_target.load_state_dict(s["critic_target"])
+        self.actor_opt.load_state_dict(s["actor_opt"])
+        self.critic_opt.load_state_dict(s["critic_opt"])
+        with torch.no_grad():
+            self.log_alpha.copy_(s["log_alpha"])
+        self.alpha_opt.load_state_dict(s["alpha_opt"])

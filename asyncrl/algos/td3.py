@@ -1,0 +1,125 @@
+"""Twin Delayed DDPG (Fujimoto et al. 2018, arXiv:1802.09477): clipped double-Q targets, target
+policy smoothing (clipped Gaussian noise on the target action), delayed policy and target
+updates. DDPG (Lillicrap et al. 2016) is the same file's special case in ddpg.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from asyncrl.agents.qpg import QpgAgent
+from asyncrl.algos.offpolicy import ReplayLearner, frozen_copy
+from asyncrl.models.qpg import EnsembleQ, polyak_update
+
+
+@dataclass
+class TD3Config:
+    actor_lr: float = 3e-4  # Adam step size of the actor
+    critic_lr: float = 3e-4  # Adam step size of the critics
+    gamma: float = 0.99  # discount
+    tau: float = 0.005  # Polyak factor of the target networks
+    batch_size: int = 256  # transitions per update
+    buffer_size: int = 1_000_000  # replay capacity
+    learning_starts: int = 25_000  # env steps of uniform random actions before updates
+    replay_ratio: float = 1.0  # gradient updates per env step
+    n_step: int = 1  # n-step returns
+    policy_delay: int = 2  # critic updates per actor/target update
+    exploration_noise: float = 0.1  # std of the Gaussian exploration noise (in [-1, 1] units)
+    target_noise: float = 0.2  # std of the target policy smoothing noise
+    target_noise_clip: float = 0.5  # clip of the smoothing noise
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "relu"
+    save_replay: bool = True  # include the replay contents in checkpoints
+
+
+def make_td3_agent(obs_space, action_space, model_config, device, cfg) -> QpgAgent:
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    noise = getattr(cfg, "noise", "gaussian")
+    return QpgAgent(
+        obs_space,
+        action_space,
+        cfg.hidden_sizes,
+        "deterministic",
+        cfg.activation,
+        noise=noise,
+        noise_sigma=cfg.exploration_noise,
+        ou_theta=getattr(cfg, "ou_theta", 0.15),
+        device=device,
+        seed=seed,
+    )
+
+
+class TD3(ReplayLearner):
+    critics = 2
+    smoothing = True
+
+    def __init__(self, agent: QpgAgent, config: TD3Config, seed: int = 0):
+        super().__init__(agent, config, seed)
+        obs_dim = agent.flatten.output_size
+        self.critic = EnsembleQ(
+            obs_dim, agent.action_dim, config.hidden_sizes, self.critics, config.activation
+        ).to(agent.device)
+        self.critic_target = frozen_copy(self.critic)
+        self.actor_target = frozen_copy(agent.model)
+        self.actor_opt = torch.optim.Adam(agent.model.parameters(), lr=config.actor_lr)
+        self.critic_opt = torch.optim.Adam(
+            self.critic.parameters(),
+            lr=config.critic_lr,
+            weight_decay=getattr(config, "critic_weight_decay", 0.0),
+        )
+        self.critic_updates = 0
+        self.actor_updates = 0
+
+    def update(self, s) -> dict:
+        cfg, agent = self.config, self.agent
+        obs = agent.features(s.observation)
+        next_obs = agent.features(s.next_observation)
+        action = agent.from_env(s.action)
+        with torch.no_grad():
+            next_a = self.actor_target(next_obs)
+            if self.smoothing and cfg.target_noise > 0:
+                noise = (torch.randn_like(next_a) * cfg.target_noise).clamp(
+                    -cfg.target_noise_clip, cfg.target_noise_clip
+                )
+                next_a = (next_a + noise).clamp(-1.0, 1.0)
+            next_q = self.critic_target(next_obs, next_a).min(0).values
+            target = s.reward + s.discount * next_q
+        q = self.critic(obs, action)
+        critic_loss = 0.5 * (q - target.unsqueeze(0)).pow(2).mean(1).sum()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_opt.step()
+        self.critic_updates += 1
+        out = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
+        if self.critic_updates % cfg.policy_delay == 0:
+            self.critic.requires_grad_(False)
+            actor_loss = -self.critic(obs, agent.model(obs))[0].mean()
+            self.actor_opt.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_opt.step()
+            self.critic.requires_grad_(True)
+            self.actor_updates += 1
+            polyak_update(self.critic_target, self.critic, cfg.tau)
+            polyak_update(self.actor_target, agent.model, cfg.tau)
+            out["actor_loss"] = actor_loss.detach()
+        return out
+
+    def learner_state(self) -> dict:
+        return {
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "actor_target": self.actor_target.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "critic_updates": self.critic_updates,
+            "actor_updates": self.actor_updates,
+        }
+
+    def load_learner_state(self, s: dict) -> None:
+        self.critic.load_state_dict(s["critic"])
+        self.critic_target.load_state_dict(s["critic_target"])
+        self.actor_target.load_state_dict(s["actor_target"])
+        self.actor_opt.load_state_dict(s["actor_opt"])
+        self.critic_opt.load_state_dict(s["critic_opt"])
+        self.critic_updates, self.actor_updates = s["critic_updates"], s["actor_updates"]
