@@ -40,6 +40,16 @@ class Agent:
         if policy_version is not None:
             self.policy_version = policy_version
 
+    def rng_state(self) -> dict:
+        """Random-stream state of acting (checkpointed so a resumed run continues it)."""
+        noise = getattr(self, "noise", None)
+        return noise.state_dict() if noise is not None else {}
+
+    def load_rng_state(self, state: dict) -> None:
+        noise = getattr(self, "noise", None)
+        if noise is not None and state:
+            noise.load_state_dict(state)
+
     def train_mode(self) -> None:
         self.model.train()
 

@@ -68,7 +68,7 @@ class DqnAgent(Agent):
         return greedy
 
     @torch.no_grad()
-    def step(self, obs):
+    def step(self, obs, env_ids=None):
         return self._epsilon_greedy(obs, self.epsilon), None
 
     @torch.no_grad()

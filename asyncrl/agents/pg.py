@@ -14,6 +14,38 @@ from asyncrl.models.policies import ActorCritic, ModelConfig
 PgAgentInfo = namedarraytuple("PgAgentInfo", ["value", "log_prob"])
 
 
+class PerEnvNoise:
+    """One numpy random stream per global env index, seeded from (seed, env index)."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.streams: dict[int, np.random.Generator] = {}
+
+    def _stream(self, env_id: int) -> np.random.Generator:
+        g = self.streams.get(env_id)
+        if g is None:
+            g = self.streams[env_id] = np.random.default_rng([self.seed, env_id])
+        return g
+
+    def draw(self, env_ids, shape: tuple[int, ...], kind: str) -> np.ndarray:
+        out = np.empty((len(env_ids), *shape), np.float32)
+        for i, e in enumerate(env_ids):
+            g = self._stream(int(e))
+            out[i] = (
+                g.random(shape, np.float32)
+                if kind == "uniform"
+                else g.standard_normal(shape, np.float32)
+            )
+        return out
+
+    def state_dict(self) -> dict:
+        return {k: g.bit_generator.state for k, g in self.streams.items()}
+
+    def load_state_dict(self, s: dict) -> None:
+        for k, st in s.items():
+            self._stream(int(k)).bit_generator.state = st
+
+
 class PgAgent(Agent):
     def __init__(
         self,
@@ -21,20 +53,32 @@ class PgAgent(Agent):
         action_space: gym.Space,
         model_config: ModelConfig | None = None,
         device: str | torch.device = "cpu",
+        seed: int = 0,
     ):
         super().__init__(device)
         self.obs_space, self.action_space = obs_space, action_space
         self.model_config = model_config or ModelConfig()
         self.model = ActorCritic(obs_space, action_space, self.model_config).to(self.device)
+        self.noise = PerEnvNoise(seed)
 
     def info_example(self):
         return PgAgentInfo(np.zeros((), np.float32), np.zeros((), np.float32))
 
     @torch.no_grad()
-    def step(self, obs) -> tuple[np.ndarray, PgAgentInfo]:
-        """Sample actions for a batch of observations [N, ...]; returns numpy (action, info)."""
+    def step(self, obs, env_ids: np.ndarray | None = None) -> tuple[np.ndarray, PgAgentInfo]:
+        """Sample actions for a batch of observations [N, ...]; returns numpy (action, info).
+
+        Sampling noise comes from one random stream per env (``env_ids``, global env indices,
+        default 0..N-1), so the same env sees the same noise whichever process or batch it is
+        stepped in: serial and parallel sampling give identical trajectories."""
         dist, value = self.model(self.obs_to_torch(obs))
-        action = dist.sample()
+        n = value.shape[0]
+        noise = self.noise.draw(
+            np.arange(n) if env_ids is None else env_ids,
+            dist.noise_shape(),
+            "uniform" if self.model.pi.kind != "gaussian" else "normal",
+        )
+        action = dist.sample_from(torch.from_numpy(noise).to(value.device))
         log_prob = dist.log_prob(action)
         return action.cpu().numpy(), PgAgentInfo(value.cpu().numpy(), log_prob.cpu().numpy())
 

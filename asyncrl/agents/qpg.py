@@ -96,7 +96,7 @@ class QpgAgent(Agent):
         return np.clip((a - self.center) / self.half_range, -1.0, 1.0)
 
     @torch.no_grad()
-    def step(self, obs):
+    def step(self, obs, env_ids=None):
         n = _batch_size(obs)
         if self.random_actions:
             a = self.rng.uniform(-1.0, 1.0, (n, self.action_dim)).astype(np.float32)

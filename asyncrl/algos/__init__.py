@@ -39,7 +39,10 @@ def register_algo(entry: AlgoEntry) -> None:
 def _pg_agent(obs_space, action_space, model_config, device, algo_config):
     from asyncrl.agents.pg import PgAgent
 
-    return PgAgent(obs_space, action_space, model_config, device)
+    import torch
+
+    # The per-env sampling streams derive from the run's seed, identical in every process.
+    return PgAgent(obs_space, action_space, model_config, device, seed=torch.initial_seed())
 
 
 register_algo(AlgoEntry("ppo", PPOConfig, "onpolicy", _pg_agent, PPO, "Proximal Policy Optimization"))

@@ -16,8 +16,17 @@ torch.distributions.Distribution.set_default_validate_args(False)  # hot path; i
 
 
 class CategoricalDist:
+    """Categorical over logits; ``sample_from(u)`` is the Gumbel-max trick on uniforms ``u``."""
+
     def __init__(self, logits: torch.Tensor):
         self.dist = Categorical(logits=logits)
+
+    def noise_shape(self) -> tuple[int, ...]:
+        return (self.dist.logits.shape[-1],)
+
+    def sample_from(self, uniform: torch.Tensor) -> torch.Tensor:
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1.0 - 1e-7)))
+        return (self.dist.logits + gumbel).argmax(-1)
 
     def sample(self) -> torch.Tensor:
         return self.dist.sample()
@@ -36,7 +45,16 @@ class MultiCategoricalDist:
     """Independent categoricals, one per MultiDiscrete dimension."""
 
     def __init__(self, logits: torch.Tensor, nvec: list[int]):
+        self.nvec = nvec
         self.dists = [Categorical(logits=chunk) for chunk in torch.split(logits, nvec, dim=-1)]
+
+    def noise_shape(self) -> tuple[int, ...]:
+        return (sum(self.nvec),)
+
+    def sample_from(self, uniform: torch.Tensor) -> torch.Tensor:
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1.0 - 1e-7)))
+        chunks = torch.split(gumbel, self.nvec, dim=-1)
+        return torch.stack([(d.logits + g).argmax(-1) for d, g in zip(self.dists, chunks)], -1)
 
     def sample(self) -> torch.Tensor:
         return torch.stack([d.sample() for d in self.dists], -1)
@@ -55,6 +73,12 @@ class MultiCategoricalDist:
 class DiagGaussianDist:
     def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
         self.dist = Normal(mean, log_std.exp().expand_as(mean))
+
+    def noise_shape(self) -> tuple[int, ...]:
+        return (self.dist.mean.shape[-1],)
+
+    def sample_from(self, normal: torch.Tensor) -> torch.Tensor:
+        return self.dist.mean + self.dist.stddev * normal
 
     def sample(self) -> torch.Tensor:
         return self.dist.sample()

@@ -1,15 +1,14 @@
 """Serial sampler: envs and agent in this process, one vector of envs (debugging, tiny envs).
 
-Owns the step loop; preallocates the [T, B] Samples buffer once and writes it in place.
+Owns the [T, B] Samples buffer (allocated once, written in place); the loop is the Collector's.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from asyncrl.data import buffer_from_example
 from asyncrl.envs import EnvSpec, VecEnv
 from asyncrl.samplers.base import SampleBatch, Sampler, samples_example
+from asyncrl.samplers.collector import Collector
 
 
 class SerialSampler(Sampler):
@@ -22,48 +21,25 @@ class SerialSampler(Sampler):
 
     def initialize(self, agent) -> None:
         self.agent = agent
-        info_example = agent.info_example()
-        example = samples_example(self.env.obs_example, self.env.action_example, info_example)
+        example = samples_example(
+            self.env.obs_example, self.env.action_example, agent.info_example()
+        )
         self.buf = buffer_from_example(example, (self.horizon, self.num_envs))
-        self.obs = self.env.reset()
-        self.prev_action = np.zeros_like(self.buf.agent.action[0])
+        self.collector = Collector(self.env, agent)
+        self.collector.reset(self.env.action_example)
+
+    @property
+    def obs(self):
+        return self.collector.obs
 
     def obtain(self) -> SampleBatch:
-        agent, env, buf = self.agent, self.env, self.buf
-        final_obs = []
-        timeout_value = buf.env.env_info.timeout_value
-        timeout_value[:] = 0
-        for t in range(self.horizon):
-            buf.env.observation[t] = self.obs
-            action, info = agent.step(self.obs)
-            buf.agent.action[t] = action
-            buf.agent.prev_action[t] = self.prev_action
-            if info is not None:
-                buf.agent.agent_info[t] = info
-            self.obs, reward, terminated, truncated, fo = env.step(action)
-            buf.env.reward[t] = reward
-            buf.env.terminated[t] = terminated
-            buf.env.truncated[t] = truncated
-            self.prev_action = action
-            if terminated.any() or truncated.any():
-                self.prev_action = self.prev_action.copy()
-                self.prev_action[terminated | truncated] = 0
-            for b, o in fo:
-                final_obs.append((t, b, o))
-        if final_obs and hasattr(agent, "value"):
-            from asyncrl.data import tree_map
-
-            stacked = tree_map(lambda *xs: np.stack(xs), *[o for _, _, o in final_obs])
-            values = agent.value(stacked)
-            for (t, b, _), v in zip(final_obs, values):
-                timeout_value[t, b] = v
-        bootstrap = agent.value(self.obs) if hasattr(agent, "value") else None
+        final_obs, bootstrap, episodes = self.collector.collect(self.buf)
         return SampleBatch(
-            samples=buf,
+            samples=self.buf,
             bootstrap_value=bootstrap,
-            next_observation=self.obs,
+            next_observation=self.collector.obs,
             final_observations=final_obs,
-            episodes=env.pop_episode_stats(),
+            episodes=episodes,
             env_steps=self.horizon * self.num_envs,
         )
 

@@ -1,0 +1,63 @@
+"""The step loop shared by every sampler that runs envs and an agent in one process (serial
+sampler, parallel workers): step a VecEnv T times with the agent, writing into a [T, b] view of
+a Samples buffer in place. Owns the loop; knows nothing of processes or sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from asyncrl.data import tree_map
+from asyncrl.envs import EpisodeStats, VecEnv
+
+
+class Collector:
+    def __init__(self, env: VecEnv, agent, env_ids: np.ndarray | None = None):
+        self.env, self.agent = env, agent
+        self.env_ids = np.arange(env.num_envs) if env_ids is None else np.asarray(env_ids)
+        self.obs = None
+        self.prev_action = None
+
+    def reset(self, action_example) -> None:
+        self.obs = self.env.reset()
+        self.prev_action = np.zeros(
+            (self.env.num_envs, *np.shape(action_example)), np.asarray(action_example).dtype
+        )
+
+    def collect(self, buf) -> tuple[list[tuple[int, int, Any]], np.ndarray | None, EpisodeStats]:
+        """Fill ``buf`` ([T, b] Samples) in place. Returns (final observations of truncated
+        steps as (t, b, obs), value of the observation after the last step (or None), episodes).
+        """
+        agent, env = self.agent, self.env
+        horizon = buf.env.reward.shape[0]
+        final_obs: list[tuple[int, int, Any]] = []
+        timeout_value = buf.env.env_info.timeout_value
+        timeout_value[:] = 0
+        has_value = hasattr(agent, "value")
+        for t in range(horizon):
+            buf.env.observation[t] = self.obs
+            action, info = agent.step(self.obs, self.env_ids)
+            buf.agent.action[t] = action
+            buf.agent.prev_action[t] = self.prev_action
+            if info is not None:
+                buf.agent.agent_info[t] = info
+            self.obs, reward, terminated, truncated, fo = env.step(action)
+            buf.env.reward[t] = reward
+            buf.env.terminated[t] = terminated
+            buf.env.truncated[t] = truncated
+            done = terminated | truncated
+            if done.any():
+                self.prev_action = np.array(action, copy=True)
+                self.prev_action[done] = 0
+            else:
+                self.prev_action = action
+            for b, o in fo:
+                final_obs.append((t, b, o))
+        if final_obs and has_value:
+            stacked = tree_map(lambda *xs: np.stack(xs), *[o for _, _, o in final_obs])
+            values = agent.value(stacked)
+            for (t, b, _), v in zip(final_obs, values):
+                timeout_value[t, b] = v
+        bootstrap = agent.value(self.obs) if has_value else None
+        return final_obs, bootstrap, env.pop_episode_stats()
