@@ -7,6 +7,7 @@ Owns: the config schema, resolution order (defaults < family preset < --config f
 from __future__ import annotations
 
 import dataclasses
+
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -35,7 +36,12 @@ class SamplerConfig:
     mode: str = "serial"  # serial | parallel | central | alternating
     num_envs: int = 8  # envs in total (B)
     horizon: int = 128  # steps per env per batch (T)
-    workers: int = 1  # worker processes (parallel, central, alternating)
+    workers: int = 1  # local worker processes (parallel, central, alternating)
+    bind: str = ""  # also accept remote workers on this endpoint, e.g. tcp://0.0.0.0:5555
+    keys: str = ""  # CURVE key directory (from `asyncrl keygen`) for remote workers
+    heartbeat_s: float = 1.0  # heartbeat period between coordinator and workers
+    worker_timeout_s: float = 5.0  # a worker silent this long is declared dead
+    min_workers: int = 1  # batches wait until this many workers are registered
 
 
 @dataclass
@@ -133,11 +139,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Top-level fields that are not settings: the algorithm is chosen by name (its settings live
+# under a table of that name), never through --set or a config file's ``algo_params``.
+_RESERVED = {"algo", "algo_params"}
+
+
 def apply_dict(obj: Any, updates: dict[str, Any], prefix: str = "") -> None:
     """Recursively write ``updates`` into dataclass ``obj``; unknown keys are errors."""
     if not isinstance(updates, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a table, got {updates!r}")
-    types_ = _field_types(type(obj))
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {updates!r}")
+    types_ = {k: v for k, v in _field_types(type(obj)).items() if prefix or k not in _RESERVED}
     for key, value in updates.items():
         full = f"{prefix}{key}"
         if key not in types_:
@@ -168,13 +179,13 @@ def apply_toml_dict(cfg: TrainConfig, d: dict[str, Any], source: str) -> None:
     if "algo" in d and d["algo"] != cfg.algo:
         raise ConfigError(f"{source}: algo {d['algo']!r} differs from the requested {cfg.algo!r}")
     d.pop("algo", None)
-    for name in ALGOS:
-        if name in d:
-            if name != cfg.algo:
-                d.pop(name)  # a preset file may carry settings for other algorithms
-                continue
-            apply_dict(cfg.algo_params, d.pop(name), f"{name}.")
     try:
+        for name in ALGOS:
+            if name in d:
+                if name != cfg.algo:
+                    d.pop(name)  # a preset file may carry settings for other algorithms
+                    continue
+                apply_dict(cfg.algo_params, d.pop(name), f"{name}.")
         apply_dict(cfg, d)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
@@ -196,6 +207,10 @@ def parse_set(item: str) -> tuple[str, Any]:
 def apply_set(cfg: TrainConfig, item: str) -> None:
     key, value = parse_set(item)
     parts = key.split(".")
+    if key == "algo":
+        raise ConfigError(
+            f"--set {item!r}: the algorithm is chosen by the ALGO argument, not --set"
+        )
     if parts[0] == cfg.algo:
         target, parts, prefix = cfg.algo_params, parts[1:], cfg.algo + "."
     else:
@@ -227,35 +242,49 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     imports: list[str] | None = None,
 ) -> TrainConfig:
-    """Build the run's config: defaults < family preset < config file < overrides < --set."""
+    """Build the run's config: defaults < family preset < config file < overrides < --set.
+
+    The preset is picked by the env family of the *final* env settings (so ``env.family`` or
+    ``env.id`` given in the config file or with --set choose the preset too): a first pass
+    without a preset finds them, the second pass builds the config on top of that preset.
+    Nothing heavy happens here: env ids are looked up in the registry, no env is built.
+    """
     from asyncrl.algos import ALGOS
 
     if algo not in ALGOS:
         raise ConfigError(f"unknown algorithm {algo!r}; valid: {', '.join(sorted(ALGOS))}")
-    cfg = TrainConfig(algo=algo, env=EnvSpec(id=env_id, imports=list(imports or [])),
-                      algo_params=ALGOS[algo].config_cls())
     file_dict = _load_toml(Path(config_file)) if config_file else {}
-    if "env" in file_dict and isinstance(file_dict["env"], dict):
-        fam = file_dict["env"].get("family")
-        if isinstance(fam, str):
-            cfg.env.family = fam
-    try:
-        family = validate_env_id(cfg.env)
-    except EnvError as e:
-        raise ConfigError(str(e)) from None
-    preset = preset_path(algo, family)
-    if preset.exists():
-        apply_toml_dict(cfg, _load_toml(preset), f"preset {preset.name}")
-    if file_dict:
-        apply_toml_dict(cfg, file_dict, f"config file {config_file}")
-    cfg.env.id = env_id
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            apply_set(cfg, f"{key}={_toml_literal(value)}")
-    for item in sets or []:
-        apply_set(cfg, item)
+
+    def build(preset: Path | None) -> TrainConfig:
+        cfg = TrainConfig(
+            algo=algo,
+            env=EnvSpec(id=env_id, imports=list(imports or [])),
+            algo_params=ALGOS[algo].config_cls(),
+        )
+        if preset is not None and preset.exists():
+            apply_toml_dict(cfg, _load_toml(preset), f"preset {preset.name}")
+        if file_dict:
+            apply_toml_dict(cfg, file_dict, f"config file {config_file}")
+        cfg.env.id = env_id
+        cfg.env.imports = list(dict.fromkeys([*cfg.env.imports, *(imports or [])]))
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                apply_set(cfg, f"{key}={_toml_literal(value)}")
+        for item in sets or []:
+            apply_set(cfg, item)
+        return cfg
+
+    family = _env_family(build(None).env)
+    cfg = build(preset_path(algo, family))
     validate(cfg)
     return cfg
+
+
+def _env_family(spec: EnvSpec) -> str:
+    try:
+        return validate_env_id(spec)
+    except EnvError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _toml_literal(value: Any) -> str:
@@ -263,15 +292,52 @@ def _toml_literal(value: Any) -> str:
 
 
 def validate(cfg: TrainConfig) -> None:
+    """Check values that types alone do not catch; one-line ConfigError. Cheap: no env is built."""
+    from asyncrl.models.mlp import ACTIVATIONS
+
     s = cfg.sampler
     if s.mode not in MODES:
         raise ConfigError(f"sampler.mode {s.mode!r} is not one of {', '.join(MODES)}")
-    for key, v in (("steps", cfg.steps), ("sampler.num_envs", s.num_envs),
-                   ("sampler.horizon", s.horizon), ("sampler.workers", s.workers)):
+    for key, v in (
+        ("steps", cfg.steps),
+        ("sampler.num_envs", s.num_envs),
+        ("sampler.horizon", s.horizon),
+        ("sampler.workers", s.workers),
+        ("log.eval_episodes", cfg.log.eval_episodes),
+    ):
         if v < 1:
             raise ConfigError(f"{key} must be >= 1, got {v}")
+    for key, v in (
+        ("torch_threads", cfg.torch_threads),
+        ("log.keep_checkpoints", cfg.log.keep_checkpoints),
+        ("log.log_every_s", cfg.log.log_every_s),
+    ):
+        if v < 0:
+            raise ConfigError(f"{key} must be >= 0, got {v}")
+    if cfg.log.eval_every < -1:
+        raise ConfigError(
+            f"log.eval_every must be >= -1 (-1: never, 0: ten per run), got {cfg.log.eval_every}"
+        )
+    if cfg.log.checkpoint_every < 0:
+        raise ConfigError(
+            f"log.checkpoint_every must be >= 0 (0: ten per run), got {cfg.log.checkpoint_every}"
+        )
     if not (cfg.device == "cpu" or cfg.device.startswith("cuda") or cfg.device == "mps"):
         raise ConfigError(f"device {cfg.device!r}: expected cpu, cuda or cuda:N")
+    m = cfg.model
+    if m.activation not in ACTIVATIONS:
+        raise ConfigError(
+            f"model.activation {m.activation!r} is not one of {', '.join(ACTIVATIONS)}"
+        )
+    if any(h < 1 for h in m.hidden_sizes):
+        raise ConfigError(f"model.hidden_sizes must all be >= 1, got {m.hidden_sizes}")
+    _env_family(cfg.env)  # the id exists (a --set env.id or a hand-edited config.toml)
+    check = getattr(cfg.algo_params, "validate", None)
+    if callable(check):  # an algorithm's own checks, raising ValueError with one line
+        try:
+            check()
+        except ValueError as e:
+            raise ConfigError(f"{cfg.algo}: {e}") from None
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -281,9 +347,23 @@ def load_config(path: str | Path) -> TrainConfig:
     d = _load_toml(Path(path))
     algo = d.get("algo")
     if algo not in ALGOS:
-        raise ConfigError(f"{path}: unknown or missing algo {algo!r}; valid: {', '.join(sorted(ALGOS))}")
+        raise ConfigError(
+            f"{path}: unknown or missing algo {algo!r}; valid: {', '.join(sorted(ALGOS))}"
+        )
     cfg = TrainConfig(algo=algo, env=EnvSpec(), algo_params=ALGOS[algo].config_cls())
     apply_toml_dict(cfg, d, str(path))
     validate(cfg)
     return cfg
 
+
+def config_from_dict(d: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A TrainConfig from ``TrainConfig.to_dict()`` output (e.g. sent to a remote worker)."""
+    from asyncrl.algos import ALGOS
+
+    algo = d.get("algo") if isinstance(d, dict) else None
+    if algo not in ALGOS:
+        raise ConfigError(f"{source}: unknown or missing algo {algo!r}; valid: {', '.join(sorted(ALGOS))}")
+    cfg = TrainConfig(algo=algo, env=EnvSpec(), algo_params=ALGOS[algo].config_cls())
+    apply_toml_dict(cfg, d, source)
+    validate(cfg)
+    return cfg

@@ -4,14 +4,21 @@ Owns the run directory's life cycle (config.toml, progress.csv, TensorBoard, che
 and resume. Must not know a loss (algorithms) or a socket (runtime).
 
 Resume restores the agent (parameters and normaliser statistics), the optimizer, the counters
-(env steps, updates, episodes, elapsed time), the recent-episode window and the RNG states.
+(env steps, updates, episodes, elapsed time), the recent-episode window and the RNG states
+(python, numpy, torch, and the agent's own acting streams where it has ``rng_state``).
 Environments themselves cannot be snapshotted in general: a resumed run starts fresh episodes
-with env seeds offset by the env steps already done.
+with env seeds offset by the env steps already done. Rows of progress.csv (and TensorBoard
+events) past the checkpoint being resumed are dropped, so the curve stays monotonic in env steps.
+
+Stopping: the first SIGTERM or SIGINT (Ctrl-C) asks the loop to stop after the current batch,
+write a last progress row and a final checkpoint; a second one stops at once (the final
+checkpoint is still written, but may sit in the middle of an update).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import signal
@@ -25,9 +32,10 @@ import numpy as np
 import torch
 
 from asyncrl.algos import ALGOS
-from asyncrl.configs.config import ConfigError, TrainConfig, load_config
+from asyncrl.configs.config import ConfigError, TrainConfig, load_config, validate
 from asyncrl.logging.checkpoint import (
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
@@ -45,10 +53,12 @@ class TrainResult:
     return_mean: float
     eval_return_mean: float
     interrupted: bool = False
+    stop_signal: int | None = None  # the signal that stopped the run (SIGTERM, SIGINT), if any
 
 
-class StopTraining(Exception):
-    """Raised by the SIGTERM handler so the loop writes a final checkpoint and stops."""
+class StopTraining(KeyboardInterrupt):
+    """Raised by a second SIGTERM/SIGINT so the loop stops at once (after a final checkpoint).
+    A KeyboardInterrupt, so that code catching ``Exception`` on the way does not swallow it."""
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -113,14 +123,31 @@ def train(
         cfg.steps = int(steps)
     if progress is not None:
         cfg.log.progress = progress
+    if cfg.algo not in ALGOS:
+        raise ConfigError(f"unknown algorithm {cfg.algo!r}; valid: {', '.join(sorted(ALGOS))}")
+    validate(cfg)  # a config built in Python gets the same checks as one from the CLI
     entry = ALGOS[cfg.algo]
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {cfg.device!r} requested but CUDA is not available")
+    if cfg.sampler.mode != "serial":
+        import asyncrl.samplers as samplers_pkg
+
+        if not hasattr(samplers_pkg, "make_runtime_sampler"):
+            raise ConfigError(f"sampler mode {cfg.sampler.mode!r} is not available in this build")
+
+    run_dir = Path(resume) if resume is not None else Path(cfg.run_dir or default_run_dir(cfg))
+    if (
+        resume is None
+        and run_dir.is_dir()
+        and ((run_dir / "progress.csv").exists() or list_checkpoints(run_dir))
+    ):
+        raise ConfigError(
+            f"run directory {str(run_dir)!r} already holds a run; resume it with --resume "
+            "or choose another --run-dir"
+        )
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     _seed_everything(cfg.seed)
-
-    run_dir = Path(resume) if resume is not None else Path(cfg.run_dir or default_run_dir(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_dir = str(run_dir)
     cfg.save(run_dir / "config.toml")
@@ -128,7 +155,9 @@ def train(
 
     env_steps = int(ckpt["env_steps"]) if ckpt else 0
     sampler = make_sampler(cfg, seed_offset=env_steps)
-    agent = entry.make_agent(sampler.obs_space, sampler.action_space, cfg.model, cfg.device, cfg.algo_params)
+    agent = entry.make_agent(
+        sampler.obs_space, sampler.action_space, cfg.model, cfg.device, cfg.algo_params
+    )
     algo = entry.make_algo(agent, cfg.algo_params, cfg.seed)
     episodes = EpisodeTracker(100)
     time_offset = 0.0
@@ -140,6 +169,8 @@ def train(
         time_offset = float(ckpt["time_s"])
         last_eval = float(ckpt.get("eval_return_mean", float("nan")))
         _set_rng_state(ckpt["rng"])
+        if hasattr(agent, "load_rng_state"):  # the agent's own acting streams, where it has them
+            agent.load_rng_state(ckpt.get("agent_rng", {}))
         sampler.load_state_dict(ckpt.get("sampler", {}))
         log.info("resumed %s at %d env steps", run_dir, env_steps)
     else:
@@ -151,8 +182,12 @@ def train(
     ckpt_every = cfg.log.checkpoint_every if cfg.log.checkpoint_every > 0 else max(total // 10, 1)
     next_eval = (env_steps // eval_every + 1) * eval_every if eval_every > 0 else None
     next_ckpt = (env_steps // ckpt_every + 1) * ckpt_every
-    writer = ProgressWriter(run_dir, tensorboard=cfg.log.tensorboard)
-    display = LiveDisplay(total, f"{cfg.algo} {cfg.env.id}", enabled=cfg.log.progress, start=env_steps)
+    writer = ProgressWriter(
+        run_dir, tensorboard=cfg.log.tensorboard, resume_steps=env_steps if ckpt else None
+    )
+    display = LiveDisplay(
+        total, f"{cfg.algo} {cfg.env.id}", enabled=cfg.log.progress, start=env_steps
+    )
 
     def checkpoint_state() -> dict:
         return {
@@ -163,27 +198,54 @@ def train(
             "algo": algo.state_dict(),
             "episodes": episodes.state_dict(),
             "rng": _rng_state(),
+            "agent_rng": agent.rng_state() if hasattr(agent, "rng_state") else {},
             "sampler": sampler.state_dict(),
             "eval_return_mean": last_eval,
             "algo_name": cfg.algo,
         }
 
-    prev_handler = None
+    stop: dict[str, int] = {}  # the signal asking the loop to stop, once one came
+    prev_handlers: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
 
-        def _on_sigterm(signum, frame):
-            raise StopTraining()
+        def _on_signal(signum, frame):
+            if stop:  # the second signal: stop now
+                raise StopTraining()
+            stop["signal"] = signum
+            # os.write, not print/logging: a handler may run in the middle of buffered I/O.
+            msg = f"asyncrl: {signal.Signals(signum).name}: stopping after this batch"
+            os.write(2, f"{msg} (send it again to stop at once)\n".encode())
 
-        prev_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            prev_handlers[sig] = signal.signal(sig, _on_signal)
 
     interrupted = False
     t0 = time.perf_counter()
     last_row_t = -1e9
+    last_row_steps = env_steps
+    start_steps = env_steps
     rate_t, rate_steps = t0, env_steps
     steps_per_s = 0.0
+    info: dict[str, float] = {}
+
+    def progress_row(now: float, eval_row: tuple[float, float] | None) -> dict:
+        row = {
+            "env_steps": env_steps,
+            "time_s": round(time_offset + now - t0, 3),
+            "updates": getattr(algo, "updates", 0),
+            "episodes": episodes.total,
+            "return_mean": episodes.mean(),
+            "return_std": episodes.std(),
+            "steps_per_s": round(steps_per_s, 1),
+            "eval_return_mean": eval_row[0] if eval_row else None,
+            "eval_return_std": eval_row[1] if eval_row else None,
+        }
+        row.update(info)
+        return row
+
     try:
         sampler.initialize(agent)
-        while env_steps < total:
+        while env_steps < total and not stop:
             batch = sampler.obtain()
             env_steps += batch.env_steps
             episodes.add(batch.episodes.returns, batch.episodes.lengths)
@@ -192,47 +254,83 @@ def train(
             now = time.perf_counter()
             eval_row = None
             if next_eval is not None and (env_steps >= next_eval or env_steps >= total):
-                rets = evaluate(agent, cfg.env, cfg.log.eval_episodes, seed=cfg.seed + 10_000,
-                                deterministic=cfg.log.eval_deterministic)
+                rets = evaluate(
+                    agent,
+                    cfg.env,
+                    cfg.log.eval_episodes,
+                    seed=cfg.seed + 10_000,
+                    deterministic=cfg.log.eval_deterministic,
+                )
                 last_eval = float(rets.mean())
                 eval_row = (last_eval, float(rets.std()))
                 while next_eval <= env_steps:
                     next_eval += eval_every
-            if now - rate_t > 0.5:
+            if now - rate_t > 0.5:  # a rate over the last half second or more
                 steps_per_s = (env_steps - rate_steps) / (now - rate_t)
                 rate_t, rate_steps = now, env_steps
-            if eval_row is not None or now - last_row_t >= cfg.log.log_every_s or env_steps >= total:
-                last_row_t = now
-                row = {
-                    "env_steps": env_steps,
-                    "time_s": round(time_offset + now - t0, 3),
-                    "updates": getattr(algo, "updates", 0),
-                    "episodes": episodes.total,
-                    "return_mean": episodes.mean(),
-                    "return_std": episodes.std(),
-                    "steps_per_s": round(steps_per_s, 1),
-                    "eval_return_mean": eval_row[0] if eval_row else None,
-                    "eval_return_std": eval_row[1] if eval_row else None,
-                }
-                row.update(info)
-                writer.write(row)
-            display.update(env_steps, steps_per_s, episodes.mean(),
-                           f"eval {last_eval:.1f}" if last_eval == last_eval else "")
+            elif rate_steps == start_steps and now > t0:  # until the first half second is over
+                steps_per_s = (env_steps - start_steps) / (now - t0)
+            if (
+                eval_row is not None
+                or now - last_row_t >= cfg.log.log_every_s
+                or env_steps >= total
+            ):
+                last_row_t, last_row_steps = now, env_steps
+                writer.write(progress_row(now, eval_row))
+            display.update(
+                env_steps,
+                steps_per_s,
+                episodes.mean(),
+                " ".join(
+                    x
+                    for x in (
+                        f"eval {last_eval:.1f}" if last_eval == last_eval else "",
+                        sampler.status() if hasattr(sampler, "status") else "",
+                    )
+                    if x
+                ),
+            )
             if env_steps >= next_ckpt:
                 save_checkpoint(run_dir, env_steps, checkpoint_state(), cfg.log.keep_checkpoints)
                 while next_ckpt <= env_steps:
                     next_ckpt += ckpt_every
-    except (KeyboardInterrupt, StopTraining):
+        if stop:
+            interrupted = True
+            log.warning(
+                "stopped by %s at %d env steps; writing a final checkpoint",
+                signal.Signals(stop["signal"]).name,
+                env_steps,
+            )
+    except KeyboardInterrupt:  # also StopTraining
         interrupted = True
-        log.warning("interrupted at %d env steps; writing a final checkpoint", env_steps)
+        how = f"a second {signal.Signals(stop['signal']).name}" if stop else "KeyboardInterrupt"
+        log.warning(
+            "stopped at once by %s at %d env steps; writing a final checkpoint", how, env_steps
+        )
     finally:
         display.close()
         try:
+            if env_steps > last_row_steps:  # the curve reaches the final checkpoint
+                writer.write(progress_row(time.perf_counter(), None))
             save_checkpoint(run_dir, env_steps, checkpoint_state(), cfg.log.keep_checkpoints)
         finally:
             writer.close()
             sampler.close()
-            if prev_handler is not None:
-                signal.signal(signal.SIGTERM, prev_handler)
-    log.info("finished at %d env steps, return_mean %.2f, eval %.2f", env_steps, episodes.mean(), last_eval)
-    return TrainResult(agent, run_dir, env_steps, episodes.mean(), last_eval, interrupted)
+            for sig, handler in prev_handlers.items():
+                if handler is not None:  # None: a handler not installed from Python
+                    signal.signal(sig, handler)
+    log.info(
+        "finished at %d env steps, return_mean %.2f, eval %.2f",
+        env_steps,
+        episodes.mean(),
+        last_eval,
+    )
+    return TrainResult(
+        agent,
+        run_dir,
+        env_steps,
+        episodes.mean(),
+        last_eval,
+        interrupted,
+        stop.get("signal") or (signal.SIGINT if interrupted else None),
+    )

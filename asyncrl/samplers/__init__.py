@@ -11,6 +11,13 @@ from asyncrl.samplers.base import (
 )
 from asyncrl.samplers.serial import SerialSampler
 
+
+def make_runtime_sampler(cfg, seed: int = 0):
+    """The parallel / central / alternating sampler (worker processes + coordinator)."""
+    from asyncrl.samplers.runtime import RuntimeSampler
+
+    return RuntimeSampler(cfg, seed=seed)
+
 __all__ = [
     "AgentSamples",
     "EnvInfo",
@@ -19,5 +26,6 @@ __all__ = [
     "Sampler",
     "Samples",
     "SerialSampler",
+    "make_runtime_sampler",
     "samples_example",
 ]

@@ -1,0 +1,751 @@
+"""The coordinator: one asyncio loop (in a thread of the training process) that owns the workers.
+
+Owns: registering workers (local ones it starts itself, remote ones that connect), their
+heartbeats and deaths, routing sample requests and batches, broadcasting parameters with a
+version number, and central inference (batched ACT_REQUESTs) in the central/alternating modes.
+It never sees a loss; the sampler in ``asyncrl/samplers/runtime.py`` turns its batches into
+Samples for the training loop.
+
+ZeroMQ pattern: ROUTER (here) / DEALER (workers), the guide's asynchronous client/server, with
+"Paranoid Pirate" heartbeating both ways: each side sends HEARTBEAT every ``heartbeat_s``; a
+worker silent for ``worker_timeout_s`` (or whose local process exited) is declared dead, its
+in-flight batch is dropped and re-requested from its replacement (local workers are restarted
+in the same slot) or left out of the batch (remote workers). Local workers connect over ipc
+without keys; remote workers connect to ``bind`` over TCP, with CURVE when a key directory is
+given (an unknown key is refused by the ZAP handler and logged).
+
+Structured concurrency: every task belongs to the loop's task set and is cancelled on stop();
+sockets have timeouts (see transport.SocketOptions); stop() sends STOP, waits, then kills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from asyncrl.data import example_schema, namedarraytuple, tree_map
+from asyncrl.runtime.protocol import Header, MsgType, ProtocolError, VersionMismatch
+from asyncrl.runtime.transport import (
+    PeerUnreachable,
+    ShmReceiver,
+    SocketOptions,
+    bound_endpoint,
+    choose_path,
+    install_event_loop,
+    recv_from,
+    release_header,
+    router,
+    send_to,
+)
+
+log = logging.getLogger("asyncrl.coordinator")
+
+ActReply = namedarraytuple("ActReply", ["action", "agent_info"])
+Params = None  # namedarraytuple classes are made per parameter count
+
+
+class RuntimeError_(RuntimeError):
+    """The runtime cannot go on (no workers, a worker keeps failing); one line for the user."""
+
+
+@dataclass
+class WorkerRecord:
+    peer: bytes
+    local: bool
+    slot: int  # local slot index, -1 for remote workers
+    env_offset: int
+    num_envs: int
+    path: str
+    socket_name: str  # "local" | "remote"
+    pid: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    steps_per_s: float = 0.0
+    steps: int = 0
+    alive: bool = True
+    host: str = ""
+
+
+@dataclass
+class Delivery:
+    worker: WorkerRecord
+    tree: Any  # WorkerBatch view (valid during the deliver callback only)
+    meta: dict
+    final: list  # [(t, b_local, obs)]
+
+
+class Coordinator:
+    """Runs the runtime's event loop in a background thread; call its blocking methods from the
+    training loop. ``config_dict`` is ``TrainConfig.to_dict()`` (what workers rebuild)."""
+
+    def __init__(
+        self,
+        config_dict: dict,
+        *,
+        mode: str,
+        horizon: int,
+        local_workers: int,
+        envs_per_worker: int,
+        bind: str = "",
+        keys: str = "",
+        heartbeat_s: float = 1.0,
+        worker_timeout_s: float = 5.0,
+        torch_threads: int = 1,
+        info_example: Any = None,
+        allow_remote_sizes: bool = True,
+        run_id: str | None = None,
+        worker_log_level: str = "WARNING",
+    ):
+        self.config_dict = config_dict
+        self.mode, self.horizon = mode, horizon
+        self.local_workers, self.envs_per_worker = local_workers, envs_per_worker
+        self.bind, self.keys = bind, keys
+        self.heartbeat_s, self.worker_timeout_s = heartbeat_s, worker_timeout_s
+        self.torch_threads = torch_threads
+        self.info_schema = example_schema(info_example) if info_example is not None else None
+        self.allow_remote_sizes = allow_remote_sizes
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.worker_log_level = worker_log_level
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.processes: dict[int, subprocess.Popen] = {}
+        self.restarts: dict[int, int] = {}
+        self.lost_batches = 0
+        self.dropped_messages = 0
+        self.refused_workers = 0
+        self._remote_offset = local_workers * envs_per_worker
+        self._remote_serial = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._registered = None  # asyncio.Condition, made in the loop
+        self._itr: int | None = None
+        self._itr_expected: set[bytes] = set()
+        self._itr_slots_pending: set[int] = set()
+        self._itr_done: asyncio.Event | None = None
+        self._itr_request: tuple | None = None
+        self._deliver: Callable[[Delivery], None] | None = None
+        self._finals: dict[bytes, list] = {}
+        self._agent = None
+        self._act_queue: asyncio.Queue | None = None
+        self._stopping = False
+        self.local_endpoint = ""
+        self.remote_endpoint = ""
+        self._ipc_dir: str | None = None
+        self._authenticator = None
+
+    # ------------------------------------------------------------------ life cycle (caller)
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread = threading.Thread(
+            target=self._thread_main, name="asyncrl-coordinator", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError_("the coordinator's event loop did not start")
+        if self._start_error is not None:
+            raise self._start_error
+        for slot in range(self.local_workers):
+            self._spawn_local(slot)
+
+    def _thread_main(self) -> None:
+        install_event_loop()
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._setup())
+        except BaseException as e:  # noqa: BLE001 - reported to start()
+            self._start_error = e if isinstance(e, Exception) else RuntimeError_(str(e))
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._teardown())
+            loop.close()
+
+    def call(self, coro, timeout: float | None = None):
+        """Run ``coro`` on the coordinator's loop from another thread and wait for its result."""
+        if self._loop is None:
+            raise RuntimeError_("coordinator not started")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            fut.cancel()
+            raise
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """STOP every worker, wait for local processes (kill stragglers), close the sockets."""
+        if self._loop is None or self._stopping:
+            self._reap(0)
+            return
+        self._stopping = True
+        try:
+            self.call(self._broadcast_stop(), timeout=timeout)
+        except Exception:  # noqa: BLE001 - best effort; processes are killed below
+            pass
+        self._reap(timeout)
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self._ipc_dir is not None:
+            for p in Path(self._ipc_dir).glob("*"):
+                p.unlink(missing_ok=True)
+            try:
+                os.rmdir(self._ipc_dir)
+            except OSError:
+                pass
+
+    def _reap(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for proc in list(self.processes.values()):
+            remaining = max(deadline - time.monotonic(), 0.0)
+            try:
+                proc.wait(remaining)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.processes.clear()
+
+    # ------------------------------------------------------------------ setup / teardown (loop)
+    async def _setup(self) -> None:
+        self.ctx = zmq.asyncio.Context()
+        self.shm = ShmReceiver()
+        self._registered = asyncio.Condition()
+        self._act_queue = asyncio.Queue()
+        options = SocketOptions(send_timeout_s=10.0, recv_timeout_s=None)
+        if os.name == "posix":
+            self._ipc_dir = tempfile.mkdtemp(prefix="asyncrl-")
+            local_bind = f"ipc://{self._ipc_dir}/coordinator.sock"
+        else:  # pragma: no cover - no ipc transport on Windows
+            local_bind = "tcp://127.0.0.1:*"
+        self.local_sock = router(self.ctx, local_bind, options)
+        self.local_endpoint = bound_endpoint(self.local_sock)
+        self.remote_sock = None
+        if self.bind:
+            curve = None
+            if self.keys:
+                from asyncrl.runtime.auth import ServerCurve, start_authenticator
+
+                key_dir = Path(self.keys)
+                secret_file = key_dir / "server.key_secret"
+                if not secret_file.exists() or not (key_dir / "authorized").is_dir():
+                    raise RuntimeError_(
+                        f"key directory {self.keys!r} lacks server.key_secret or "
+                        "authorized/ (make one with `asyncrl keygen DIR`)"
+                    )
+                self._authenticator = start_authenticator(self.ctx, key_dir / "authorized")
+                curve = ServerCurve(secret_file, self._authenticator)
+            try:
+                self.remote_sock = router(self.ctx, self.bind, options, curve=curve)
+            except zmq.ZMQError as e:
+                raise RuntimeError_(f"cannot bind {self.bind!r}: {e}") from None
+            self.remote_endpoint = bound_endpoint(self.remote_sock)
+        self._spawn_task(self._reader(self.local_sock, "local"))
+        if self.remote_sock is not None:
+            self._spawn_task(self._reader(self.remote_sock, "remote"))
+        self._spawn_task(self._monitor())
+        self._spawn_task(self._inference())
+
+    def _spawn_task(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self._stopping:
+            log.error("coordinator task failed: %r", task.exception())
+
+    async def _teardown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self.shm.close()
+        if self._authenticator is not None:
+            try:
+                self._authenticator.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        for sock in (self.local_sock, self.remote_sock):
+            if sock is not None:
+                sock.close(linger=0)
+        self.ctx.term()
+
+    # ------------------------------------------------------------------ local processes
+    def _spawn_local(self, slot: int) -> None:
+        """Start local worker ``slot`` as a fresh interpreter (spawn semantics, no fork)."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "workers.sampler",
+            "--connect",
+            self.local_endpoint,
+            "--slot",
+            str(slot),
+            "--id",
+            f"local-{slot}-{self.restarts.get(slot, 0)}",
+            "--parent-pid",
+            str(os.getpid()),
+            "--heartbeat",
+            str(self.heartbeat_s),
+            "--dead-after",
+            str(max(10.0, 6 * self.worker_timeout_s)),
+            "--log-level",
+            self.worker_log_level,
+        ]
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(self.torch_threads))
+        # Make the workers package importable however this process was started.
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.processes[slot] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+
+    def kill_local(self, slot: int, sig: int = 9) -> int:
+        """Send ``sig`` to local worker ``slot`` (tests and fault drills); returns its pid."""
+        proc = self.processes[slot]
+        os.kill(proc.pid, sig)
+        return proc.pid
+
+    # ------------------------------------------------------------------ messages
+    async def _reader(self, sock, name: str) -> None:
+        while True:
+            try:
+                peer, header, tree = await recv_from(sock, shm=self.shm)
+            except VersionMismatch as e:
+                self.dropped_messages += 1
+                log.warning("refused peer %r: %s", e.peer, e.reason)
+                await self._try_send(
+                    sock,
+                    e.peer,
+                    Header(MsgType.REFUSED, run_id=self.run_id, meta={"reason": e.reason}),
+                )
+                continue
+            except ProtocolError as e:
+                self.dropped_messages += 1
+                log.warning("dropped a message from %r: %s", e.peer, e.reason)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a socket hiccup must not kill the loop
+                self.dropped_messages += 1
+                log.warning("receive failed on the %s socket: %r", name, e)
+                await asyncio.sleep(0.01)
+                continue
+            try:
+                await self._handle(sock, name, peer, header, tree)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - bad content from one peer: drop and log
+                self.dropped_messages += 1
+                log.warning(
+                    "dropped %s from %r: %s: %s", header.type.name, peer, type(e).__name__, e
+                )
+
+    async def _try_send(self, sock, peer: bytes, header: Header, tree: Any = None) -> bool:
+        try:
+            await send_to(sock, peer, header, tree, timeout=5.0)
+            return True
+        except (PeerUnreachable, TimeoutError, zmq.ZMQError) as e:
+            log.info("could not send %s to %r: %s", header.type.name, peer, e)
+            return False
+
+    async def _handle(self, sock, name: str, peer: bytes, header: Header, tree: Any) -> None:
+        t = header.type
+        if t == MsgType.REGISTER:
+            await self._on_register(sock, name, peer, header)
+            return
+        worker = self.workers.get(peer)
+        if worker is None:
+            self.dropped_messages += 1
+            log.warning("dropped %s from unregistered peer %r", t.name, peer)
+            if t == MsgType.SAMPLES and header.slot is not None:
+                await self._try_send(sock, peer, release_header(header))
+            await self._try_send(
+                sock,
+                peer,
+                Header(MsgType.REFUSED, run_id=self.run_id, meta={"reason": "not registered"}),
+            )
+            return
+        if header.run_id != self.run_id:
+            raise ProtocolError(f"run id {header.run_id!r} is not this run's")
+        worker.last_seen = time.monotonic()
+        if t == MsgType.HEARTBEAT:
+            worker.steps_per_s = float(header.meta.get("steps_per_s", 0.0) or 0.0)
+            worker.steps = int(header.meta.get("steps", 0) or 0)
+        elif t == MsgType.METRICS:
+            final = header.meta.get("final", [])
+            if tree is None or len(final) != _first_dim(tree):
+                raise ProtocolError("METRICS: final observations and indices differ")
+            obs = [tree_map(lambda x, i=i: np.array(x[i]), tree) for i in range(len(final))]
+            self._finals[peer] = [(int(tt), int(b), o) for (tt, b), o in zip(final, obs)]
+        elif t == MsgType.SAMPLES:
+            try:
+                self._on_samples(worker, header, tree)
+            finally:
+                if header.slot is not None:
+                    await self._try_send(sock, peer, release_header(header))
+        elif t == MsgType.ACT_REQUEST:
+            await self._act_queue.put((sock, worker, header, tree))
+        elif t == MsgType.BYE:
+            self._declare_dead(worker, "said goodbye")
+        else:
+            raise ProtocolError(f"unexpected message type {t.name} from a worker")
+
+    async def _on_register(self, sock, name: str, peer: bytes, header: Header) -> None:
+        meta = header.meta if isinstance(header.meta, dict) else {}
+        if self._stopping:
+            await self._try_send(
+                sock, peer, Header(MsgType.REFUSED, meta={"reason": "run is stopping"})
+            )
+            return
+        if name == "local":
+            slot = meta.get("slot", -1)
+            if not isinstance(slot, int) or not 0 <= slot < self.local_workers:
+                raise ProtocolError(f"REGISTER on the local socket with bad slot {slot!r}")
+            offset, n_envs = slot * self.envs_per_worker, self.envs_per_worker
+            # A replacement takes over its slot: forget the old record.
+            for other in [w for w in self.workers.values() if w.local and w.slot == slot]:
+                self._forget(other)
+        else:
+            if not self.allow_remote_sizes:
+                self.refused_workers += 1
+                reason = (
+                    "this run takes local workers only (off-policy replay needs a fixed env count)"
+                )
+                log.warning("refused remote worker %r: %s", peer, reason)
+                await self._try_send(sock, peer, Header(MsgType.REFUSED, meta={"reason": reason}))
+                return
+            if self.mode != "parallel":
+                self.refused_workers += 1
+                reason = f"remote workers join parallel-mode runs only (this run is {self.mode})"
+                await self._try_send(sock, peer, Header(MsgType.REFUSED, meta={"reason": reason}))
+                return
+            slot = -1
+            requested = meta.get("envs", 0)
+            n_envs = (
+                int(requested)
+                if isinstance(requested, int) and requested > 0
+                else self.envs_per_worker
+            )
+            if n_envs > 4096:
+                raise ProtocolError(f"REGISTER asks for {n_envs} envs")
+            offset = self._remote_offset
+            self._remote_offset += n_envs
+        path = choose_path(meta.get("probe"))
+        if path == "shm":
+            self.shm.allow(peer)
+        record = WorkerRecord(
+            peer=peer,
+            local=(name == "local"),
+            slot=slot,
+            env_offset=offset,
+            num_envs=n_envs,
+            path=path,
+            socket_name=name,
+            pid=int(meta.get("pid", 0) or 0),
+            host=str((meta.get("probe") or {}).get("hostname", "")),
+        )
+        self.workers[peer] = record
+        reply = Header(
+            MsgType.REGISTERED,
+            run_id=self.run_id,
+            worker_id=peer.decode(errors="replace"),
+            meta={
+                "config": self.config_dict,
+                "env_offset": offset,
+                "num_envs": n_envs,
+                "horizon": self.horizon,
+                "mode": self.mode,
+                "path": path,
+                "heartbeat_s": self.heartbeat_s,
+                "torch_threads": self.torch_threads,
+                "info_schema": self.info_schema,
+                "seed_offset": 100_003 * self.restarts.get(slot, 0) if slot >= 0 else 0,
+            },
+        )
+        if not await self._try_send(sock, peer, reply):
+            self._forget(record)
+            return
+        log.info(
+            "worker %r registered (%s, envs %d..%d, %s)",
+            peer,
+            name,
+            offset,
+            offset + n_envs - 1,
+            path,
+        )
+        async with self._registered:
+            self._registered.notify_all()
+        # A replacement of a worker whose batch is still owed picks up the request.
+        if self._itr is not None and record.local and record.slot in self._itr_slots_pending:
+            self._itr_expected.add(peer)
+            await self._send_request(record)
+
+    def _forget(self, worker: WorkerRecord) -> None:
+        self.workers.pop(worker.peer, None)
+        self._finals.pop(worker.peer, None)
+        self.shm.forget(worker.peer)
+
+    def _declare_dead(self, worker: WorkerRecord, why: str) -> None:
+        if not worker.alive:
+            return
+        worker.alive = False
+        owed = self._itr is not None and worker.peer in self._itr_expected
+        (log.info if self._stopping or why == "said goodbye" and not owed else log.warning)(
+            "worker %r is gone (%s)%s", worker.peer, why, "; its batch is lost" if owed else ""
+        )
+        if owed:
+            self.lost_batches += 1
+            self._itr_expected.discard(worker.peer)
+        self._forget(worker)
+        if worker.local and not self._stopping:
+            proc = self.processes.get(worker.slot)
+            if proc is not None and proc.poll() is None:
+                proc.kill()  # a stalled local worker: make sure it is gone before replacing it
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+            self.restarts[worker.slot] = self.restarts.get(worker.slot, 0) + 1
+            if self.restarts[worker.slot] > 20:
+                log.error("local worker %d failed 20 times; not restarting it", worker.slot)
+                self._itr_slots_pending.discard(worker.slot)
+            else:
+                self._spawn_local(worker.slot)
+        elif owed:
+            self._check_itr_done()
+
+    async def _monitor(self) -> None:
+        """Heartbeats out, deaths in: the Paranoid Pirate's two timers."""
+        last_beat = 0.0
+        while True:
+            now = time.monotonic()
+            for worker in list(self.workers.values()):
+                proc = self.processes.get(worker.slot) if worker.local else None
+                if proc is not None and proc.poll() is not None:
+                    self._declare_dead(worker, f"process exited with {proc.returncode}")
+                elif now - worker.last_seen > self.worker_timeout_s:
+                    self._declare_dead(worker, f"silent for {now - worker.last_seen:.1f} s")
+            # Local processes that died before registering.
+            registered_slots = {w.slot for w in self.workers.values() if w.local}
+            for slot, proc in list(self.processes.items()):
+                if slot not in registered_slots and proc.poll() is not None and not self._stopping:
+                    log.warning(
+                        "local worker %d exited with %s before registering; restarting",
+                        slot,
+                        proc.returncode,
+                    )
+                    self.restarts[slot] = self.restarts.get(slot, 0) + 1
+                    if self.restarts[slot] <= 20:
+                        self._spawn_local(slot)
+                    else:
+                        self.processes.pop(slot)
+            if now - last_beat >= self.heartbeat_s:
+                last_beat = now
+                for worker in list(self.workers.values()):
+                    sock = self.local_sock if worker.socket_name == "local" else self.remote_sock
+                    await self._try_send(
+                        sock, worker.peer, Header(MsgType.HEARTBEAT, run_id=self.run_id)
+                    )
+            await asyncio.sleep(min(0.2, self.heartbeat_s / 2))
+
+    async def _broadcast_stop(self) -> None:
+        for worker in list(self.workers.values()):
+            sock = self.local_sock if worker.socket_name == "local" else self.remote_sock
+            await self._try_send(sock, worker.peer, Header(MsgType.STOP, run_id=self.run_id))
+
+    # ------------------------------------------------------------------ batches
+    async def wait_for_workers(self, count: int, timeout: float) -> int:
+        async with self._registered:
+            try:
+                await asyncio.wait_for(
+                    self._registered.wait_for(lambda: len(self.alive_workers()) >= count), timeout
+                )
+            except asyncio.TimeoutError:
+                pass
+        return len(self.alive_workers())
+
+    def alive_workers(self) -> list[WorkerRecord]:
+        return [w for w in self.workers.values() if w.alive]
+
+    async def _send_request(self, worker: WorkerRecord) -> None:
+        itr, names, params, version = self._itr_request
+        sock = self.local_sock if worker.socket_name == "local" else self.remote_sock
+        meta = {"sample": itr}
+        if params is not None:
+            meta["names"] = names
+        ok = await self._try_send(
+            sock,
+            worker.peer,
+            Header(MsgType.PARAMS, run_id=self.run_id, policy_version=version, meta=meta),
+            params,
+        )
+        if not ok:
+            self._declare_dead(worker, "unreachable")
+
+    async def sample(
+        self,
+        itr: int,
+        names: list[str] | None,
+        params: Any,
+        policy_version: int,
+        deliver: Callable[[Delivery], None],
+        min_workers: int,
+        timeout: float,
+    ) -> int:
+        """Ask every registered worker for one batch; ``deliver`` is called (on this loop) for
+        each batch as it arrives. Returns the number of batches delivered."""
+        if len(self.alive_workers()) < min_workers:
+            n = await self.wait_for_workers(min_workers, timeout)
+            if n < min_workers:
+                raise RuntimeError_(
+                    f"only {n} of {min_workers} workers registered within {timeout:.0f} s"
+                )
+        self._itr = itr
+        self._itr_request = (itr, names, params, policy_version)
+        self._deliver = deliver
+        self._delivered = 0
+        self._itr_done = asyncio.Event()
+        workers = self.alive_workers()
+        self._itr_expected = {w.peer for w in workers}
+        self._itr_slots_pending = {w.slot for w in workers if w.local}
+        # Local slots whose worker is restarting right now are owed too.
+        self._itr_slots_pending |= {
+            s
+            for s in range(self.local_workers)
+            if s in self.processes and s not in {w.slot for w in workers if w.local}
+        }
+        for w in workers:
+            await self._send_request(w)
+        deadline = time.monotonic() + timeout
+        while not self._itr_done.is_set():
+            self._check_itr_done()
+            try:
+                await asyncio.wait_for(self._itr_done.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError_(
+                    f"no complete batch within {timeout:.0f} s (workers {len(self.alive_workers())})"
+                )
+        self._itr = None
+        return self._delivered
+
+    def _check_itr_done(self) -> None:
+        if self._itr_done is not None and not self._itr_expected and not self._itr_slots_pending:
+            self._itr_done.set()
+
+    def _on_samples(self, worker: WorkerRecord, header: Header, tree: Any) -> None:
+        if header.seq != self._itr or worker.peer not in self._itr_expected:
+            self.dropped_messages += 1
+            log.info("dropped a stale batch %d from %r", header.seq, worker.peer)
+            return
+        if tree is None:
+            raise ProtocolError("SAMPLES without arrays")
+        final = self._finals.pop(worker.peer, [])
+        self._deliver(
+            Delivery(worker, tree, header.meta if isinstance(header.meta, dict) else {}, final)
+        )
+        self._delivered += 1
+        self._itr_expected.discard(worker.peer)
+        self._itr_slots_pending.discard(worker.slot)
+        self._check_itr_done()
+
+    # ------------------------------------------------------------------ central inference
+    def serve(self, agent) -> None:
+        """Central modes: answer ACT_REQUESTs with ``agent`` (the learner's own object)."""
+        self._agent = agent
+
+    async def _inference(self) -> None:
+        """Greedy batching: take every request waiting, act on all of them in one call."""
+        while True:
+            first = await self._act_queue.get()
+            batch = [first]
+            while not self._act_queue.empty():
+                batch.append(self._act_queue.get_nowait())
+            for what in ("act", "value"):
+                group = [r for r in batch if r[2].meta.get("what", "act") == what]
+                if group:
+                    try:
+                        await self._answer(group, what)
+                    except Exception as e:  # noqa: BLE001 - one bad request must not stop inference
+                        self.dropped_messages += len(group)
+                        log.warning(
+                            "inference failed for %d requests: %s: %s",
+                            len(group),
+                            type(e).__name__,
+                            e,
+                        )
+
+    async def _answer(self, group: list, what: str) -> None:
+        agent = self._agent
+        if agent is None:
+            raise RuntimeError_("ACT_REQUEST but no central agent is served")
+        obs = [r[3].observation for r in group]
+        ids = [np.asarray(r[3].env_ids) for r in group]
+        sizes = [len(i) for i in ids]
+        all_obs = tree_map(lambda *xs: np.concatenate(xs), *obs) if len(obs) > 1 else obs[0]
+        all_ids = np.concatenate(ids)
+        if what == "value":
+            values = agent.value(all_obs).astype(np.float32)
+            parts = np.split(values, np.cumsum(sizes)[:-1])
+            infos = [None] * len(group)
+        else:
+            action, info = agent.step(all_obs, all_ids)
+            parts = np.split(action, np.cumsum(sizes)[:-1])
+            if info is None:
+                infos = [None] * len(group)
+            else:
+                bounds = np.cumsum([0, *sizes])
+                infos = [info[bounds[i] : bounds[i + 1]] for i in range(len(group))]
+        for (sock, worker, header, _), a, inf in zip(group, parts, infos):
+            reply = Header(
+                MsgType.ACT_REPLY,
+                run_id=self.run_id,
+                seq=header.seq,
+                policy_version=getattr(agent, "policy_version", 0),
+            )
+            await self._try_send(sock, worker.peer, reply, ActReply(np.ascontiguousarray(a), inf))
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> str:
+        alive = self.alive_workers()
+        rate = sum(w.steps_per_s for w in alive)
+        text = f"workers {len(alive)}"
+        if alive:
+            text += f" ({rate:,.0f} steps/s sampling)"
+        if self.lost_batches:
+            text += f" lost {self.lost_batches}"
+        return text
+
+
+def _first_dim(tree) -> int:
+    while isinstance(tree, tuple):
+        tree = next(t for t in tree if t is not None)
+    return int(np.shape(tree)[0])

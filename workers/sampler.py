@@ -1,0 +1,495 @@
+"""Sampler worker process: builds envs from the plain-data spec the coordinator sends, steps them
+as one vector, and either acts with its own CPU copy of the agent (parallel) or asks the central
+agent for actions (central; alternating with two env groups). One SAMPLES message per batch of
+T steps; never pickles.
+
+Run as ``python -m workers.sampler --connect ENDPOINT`` (the coordinator starts local workers
+this way; ``asyncrl worker --connect tcp://HOST:PORT`` attaches a remote one).
+
+Messages (ZeroMQ DEALER, the worker side of the coordinator's ROUTER):
+  sends    REGISTER (locality probe, envs), HEARTBEAT (every heartbeat_s, with steps/s),
+           METRICS (final observations of truncated steps, before the batch), SAMPLES (the
+           [T, M] batch in a shared-memory slot or as frames), ACT_REQUEST (central modes), BYE
+  receives REGISTERED (config, env offset, transport path) / REFUSED, PARAMS (parameters;
+           meta "sample" asks for a batch), ACT_REPLY, RELEASE (slot free), HEARTBEAT, STOP
+The worker exits when told to stop, when its parent process dies (local workers), or when the
+coordinator has been silent for ``dead_after_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+
+import numpy as np
+
+log = logging.getLogger("asyncrl.worker")
+
+
+def _params_to_state(names, tree):
+    import torch
+
+    return {n: torch.from_numpy(np.array(a)) for n, a in zip(names, tree)}
+
+
+class RemoteActs:
+    """Central modes: the agent lives in the coordinator; ask it for actions per env group."""
+
+    def __init__(self, sock, worker_id: str, run_id: str):
+        self.sock, self.worker_id, self.run_id = sock, worker_id, run_id
+        self.futures: dict[int, asyncio.Future] = {}
+        self.seq = 0
+
+    async def request(self, obs, env_ids: np.ndarray, what: str = "act") -> asyncio.Future:
+        from asyncrl.data import namedarraytuple
+        from asyncrl.runtime import Header, MsgType, send
+
+        self.seq += 1
+        fut = asyncio.get_running_loop().create_future()
+        self.futures[self.seq] = fut
+        Req = namedarraytuple("ActRequest", ["observation", "env_ids"])
+        header = Header(
+            MsgType.ACT_REQUEST,
+            run_id=self.run_id,
+            worker_id=self.worker_id,
+            seq=self.seq,
+            meta={"what": what},
+        )
+        await send(self.sock, header, Req(obs, env_ids.astype(np.int64)))
+        return fut
+
+    def on_reply(self, header, tree) -> None:
+        fut = self.futures.pop(header.seq, None)
+        if fut is not None and not fut.done():
+            fut.set_result(tree)
+
+
+async def worker_main(args) -> int:
+    import torch
+    import zmq
+    import zmq.asyncio
+
+    from asyncrl.algos import ALGOS
+    from asyncrl.configs.config import config_from_dict
+    from asyncrl.data import namedarraytuple, tree_map
+    from asyncrl.envs import VecEnv
+    from asyncrl.runtime import (
+        AuthenticationFailed,
+        BatchSender,
+        ClientCurve,
+        Header,
+        LocalityProbe,
+        MsgType,
+        ProtocolError,
+        SocketOptions,
+        connect_dealer,
+        recv,
+        send,
+    )
+    from asyncrl.samplers.base import samples_example
+    from asyncrl.samplers.collector import Collector
+
+    worker_id = (
+        args.id
+        or f"{os.uname().nodename if hasattr(os, 'uname') else 'host'}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
+    ctx = zmq.asyncio.Context()
+    curve = None
+    if args.server_key:
+        curve = ClientCurve(args.client_key, args.server_key)
+    options = SocketOptions(send_timeout_s=30.0, recv_timeout_s=None)
+    try:
+        sock = await connect_dealer(
+            ctx,
+            args.connect,
+            worker_id,
+            options,
+            curve=curve,
+            handshake_timeout=args.connect_timeout,
+        )
+    except AuthenticationFailed as e:
+        print(f"asyncrl worker: refused by {args.connect}: {e}", file=sys.stderr)
+        ctx.term()
+        return 3
+    except TimeoutError:
+        print(
+            f"asyncrl worker: no coordinator answered at {args.connect} within {args.connect_timeout:.0f} s",
+            file=sys.stderr,
+        )
+        ctx.destroy(linger=0)
+        return 4
+    probe = LocalityProbe()
+    await send(
+        sock,
+        Header(
+            MsgType.REGISTER,
+            worker_id=worker_id,
+            meta={
+                "probe": probe.to_dict(),
+                "envs": args.envs,
+                "slot": args.slot,
+                "pid": os.getpid(),
+            },
+        ),
+    )
+    try:
+        header, _ = await recv(sock, timeout=args.connect_timeout)
+    except TimeoutError:
+        print("asyncrl worker: the coordinator did not answer REGISTER", file=sys.stderr)
+        probe.close()
+        sock.close(linger=0)
+        ctx.term()
+        return 4
+    except ProtocolError as e:
+        print(f"asyncrl worker: bad answer to REGISTER: {e.reason}", file=sys.stderr)
+        probe.close()
+        sock.close(linger=0)
+        ctx.term()
+        return 4
+    probe.close()
+    if header.type == MsgType.REFUSED:
+        print(f"asyncrl worker: refused: {header.meta.get('reason', '?')}", file=sys.stderr)
+        sock.close(linger=0)
+        ctx.term()
+        return 3
+    if header.type != MsgType.REGISTERED:
+        print(f"asyncrl worker: unexpected answer {header.type.name}", file=sys.stderr)
+        sock.close(linger=0)
+        ctx.term()
+        return 4
+    meta = header.meta
+    run_id = header.run_id
+    cfg = config_from_dict(meta["config"])
+    offset, n_envs, horizon, mode = (
+        int(meta["env_offset"]),
+        int(meta["num_envs"]),
+        int(meta["horizon"]),
+        meta["mode"],
+    )
+    torch.set_num_threads(max(1, int(meta.get("torch_threads", 1))))
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    entry = ALGOS[cfg.algo]
+    groups = 2 if mode == "alternating" else 1
+    if mode == "alternating" and n_envs < 2:
+        groups = 1
+    sizes = [n_envs // groups + (1 if g < n_envs % groups else 0) for g in range(groups)]
+    starts = np.cumsum([0] + sizes[:-1])
+    seed_base = cfg.seed + offset + int(meta.get("seed_offset", 0))
+    envs = [
+        VecEnv(cfg.env, sizes[g], seed=seed_base + int(starts[g]), training=True)
+        for g in range(groups)
+    ]
+    env0 = envs[0]
+    env_ids = [
+        np.arange(offset + int(starts[g]), offset + int(starts[g]) + sizes[g])
+        for g in range(groups)
+    ]
+    remote = RemoteActs(sock, worker_id, run_id)
+    if mode == "parallel":
+        agent = entry.make_agent(
+            env0.observation_space, env0.action_space, cfg.model, "cpu", cfg.algo_params
+        )
+        agent.eval_mode()
+        info_example = agent.info_example()
+        collector = Collector(env0, agent, env_ids[0])
+        collector.reset(env0.action_example)
+    else:
+        agent = None
+        info_example = meta_info_example(meta)
+        obs_state = [e.reset() for e in envs]
+        prev_action = [
+            np.zeros(
+                (sizes[g], *np.shape(env0.action_example)), np.asarray(env0.action_example).dtype
+            )
+            for g in range(groups)
+        ]
+    example = samples_example(env0.obs_example, env0.action_example, info_example)
+    WorkerBatch = namedarraytuple("WorkerBatch", ["samples", "bootstrap_value"])
+    batch_example = WorkerBatch(example, np.zeros((), np.float32))
+    path = meta.get("path", "frames")
+    # Slots hold [T, M] samples; bootstrap_value is [M]: allocate with leading dims per leaf.
+    sender = BatchSender(sock, _batch_leading(batch_example, horizon, n_envs), path=path, slots=2)
+    stop = asyncio.Event()
+    last_heard = time.monotonic()
+    steps_done = 0
+    rate = 0.0
+    names: list[str] = []
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+
+    async def heartbeat():
+        parent = args.parent_pid
+        while not stop.is_set():
+            try:
+                await send(
+                    sock,
+                    Header(
+                        MsgType.HEARTBEAT,
+                        run_id=run_id,
+                        worker_id=worker_id,
+                        meta={"steps": steps_done, "steps_per_s": rate},
+                    ),
+                    timeout=5.0,
+                )
+            except Exception:  # noqa: BLE001 - coordinator gone or slow; the silence check decides
+                pass
+            if parent and not _alive(parent):
+                log.warning("parent %d is gone; exiting", parent)
+                stop.set()
+            if time.monotonic() - last_heard > args.dead_after:
+                log.warning("coordinator silent for %.0f s; exiting", args.dead_after)
+                stop.set()
+            try:
+                await asyncio.wait_for(stop.wait(), args.heartbeat)
+            except asyncio.TimeoutError:
+                pass
+
+    async def collect_central(buf):
+        """Central/alternating: each group asks for actions while the other group steps."""
+        final: list = []
+        timeout_value = buf.env.env_info.timeout_value
+        timeout_value[:] = 0
+        col = [slice(int(starts[g]), int(starts[g]) + sizes[g]) for g in range(groups)]
+        pending = [await remote.request(obs_state[g], env_ids[g]) for g in range(groups)]
+        for t in range(horizon):
+            for g in range(groups):
+                reply = await pending[g]
+                action, info = reply.action, reply.agent_info
+                view = buf[t, col[g]]
+                view.env.observation[:] = obs_state[g]
+                view.agent.action[:] = action
+                view.agent.prev_action[:] = prev_action[g]
+                if info is not None and view.agent.agent_info is not None:
+                    view.agent.agent_info[:] = info
+                obs, reward, terminated, truncated, fo = envs[g].step(np.array(action))
+                view.env.reward[:] = reward
+                view.env.terminated[:] = terminated
+                view.env.truncated[:] = truncated
+                done = terminated | truncated
+                prev_action[g] = np.array(action, copy=True)
+                prev_action[g][done] = 0
+                obs_state[g] = obs
+                for b, o in fo:
+                    final.append((t, int(starts[g]) + b, o))
+                if t + 1 < horizon:
+                    pending[g] = await remote.request(obs_state[g], env_ids[g])
+                await asyncio.sleep(0)
+        # Values for bootstrapping: after the last step and at truncations.
+        boot = np.zeros(n_envs, np.float32)
+        want_values = info_example is not None and "value" in getattr(info_example, "_fields", ())
+        if want_values:
+            for g in range(groups):
+                reply = await (await remote.request(obs_state[g], env_ids[g], what="value"))
+                boot[col[g]] = reply.action
+            if final:
+                stacked = tree_map(lambda *xs: np.stack(xs), *[o for _, _, o in final])
+                ids = np.array([offset + b for _, b, _ in final], np.int64)
+                reply = await (await remote.request(stacked, ids, what="value"))
+                for (t, b, _), v in zip(final, reply.action):
+                    timeout_value[t, b] = v
+        episodes = [e.pop_episode_stats() for e in envs]
+        returns = [r for s in episodes for r in s.returns]
+        lengths = [n for s in episodes for n in s.lengths]
+        return final, boot, returns, lengths
+
+    async def do_sample(itr: int, policy_version: int):
+        nonlocal steps_done, rate
+        t0 = time.perf_counter()
+        slot, tree = await sender.acquire(timeout=60.0)
+        if mode == "parallel":
+            final, boot, episodes = await loop.run_in_executor(
+                None, collector.collect, tree.samples
+            )
+            returns, lengths = episodes.returns, episodes.lengths
+            if boot is not None:
+                tree.bootstrap_value[:] = boot
+        else:
+            final, boot, returns, lengths = await collect_central(tree.samples)
+            tree.bootstrap_value[:] = boot
+        steps_done += horizon * n_envs
+        rate = horizon * n_envs / max(time.perf_counter() - t0, 1e-9)
+        if final:
+            stacked = tree_map(lambda *xs: np.stack(xs), *[o for _, _, o in final])
+            await send(
+                sock,
+                Header(
+                    MsgType.METRICS,
+                    run_id=run_id,
+                    worker_id=worker_id,
+                    seq=itr,
+                    meta={"final": [[int(t), int(b)] for t, b, _ in final]},
+                ),
+                stacked,
+            )
+        header = Header(
+            MsgType.SAMPLES,
+            run_id=run_id,
+            worker_id=worker_id,
+            seq=itr,
+            policy_version=policy_version,
+            meta={
+                "returns": [float(r) for r in returns],
+                "lengths": [int(n) for n in lengths],
+                "steps_per_s": rate,
+            },
+        )
+        await sender.send(header, slot, timeout=30.0)
+
+    hb = asyncio.create_task(heartbeat())
+    sample_task: asyncio.Task | None = None
+    exit_code = 0
+    try:
+        while not stop.is_set():
+            recv_task = asyncio.ensure_future(recv(sock))
+            stop_task = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait(
+                {recv_task, stop_task}, timeout=args.heartbeat, return_when=asyncio.FIRST_COMPLETED
+            )
+            stop_task.cancel()
+            if recv_task not in done:
+                recv_task.cancel()
+                try:
+                    await recv_task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                    pass
+                continue
+            try:
+                header, tree = recv_task.result()
+            except ProtocolError as e:
+                log.warning("dropped a malformed message: %s", e.reason)
+                continue
+            last_heard = time.monotonic()
+            t = header.type
+            if t == MsgType.STOP:
+                break
+            if t == MsgType.RELEASE:
+                sender.on_release(header)
+            elif t == MsgType.ACT_REPLY:
+                remote.on_reply(header, tree)
+            elif t == MsgType.PARAMS:
+                if tree is not None and agent is not None:
+                    names = header.meta.get("names", names)
+                    agent.load_state_tensors(_params_to_state(names, tree), header.policy_version)
+                if "sample" in header.meta:
+                    if sample_task is not None and not sample_task.done():
+                        log.warning("sample request while sampling; ignored")
+                    else:
+                        sample_task = asyncio.create_task(
+                            do_sample(int(header.meta["sample"]), header.policy_version)
+                        )
+                        sample_task.add_done_callback(_report_failure(stop))
+            elif t == MsgType.REFUSED:
+                log.error("coordinator refused us: %s", header.meta.get("reason"))
+                exit_code = 3
+                break
+    finally:
+        stop.set()
+        for task in (hb, sample_task):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                    pass
+        try:
+            await send(sock, Header(MsgType.BYE, run_id=run_id, worker_id=worker_id), timeout=1.0)
+        except Exception:  # noqa: BLE001
+            pass
+        sender.close()
+        for e in envs:
+            e.close()
+        sock.close(linger=200)
+        ctx.term()
+    return exit_code
+
+
+def meta_info_example(meta):
+    """Central modes: the agent-info layout (one step) the coordinator sent, or None."""
+    from asyncrl.data import buffer_from_schema
+
+    schema = meta.get("info_schema")
+    return None if schema is None else buffer_from_schema(schema, ())
+
+
+def _batch_leading(batch_example, horizon: int, n_envs: int):
+    """An example tree whose leaves already carry the leading dims ([T, M] or [M])."""
+    from asyncrl.data import buffer_from_example
+
+    samples = buffer_from_example(batch_example.samples, (horizon, n_envs))
+    boot = np.zeros(n_envs, np.float32)
+    return type(batch_example)(samples, boot)
+
+
+def _report_failure(stop: asyncio.Event):
+    def cb(task: asyncio.Task) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("sampling failed: %s: %s", type(exc).__name__, exc)
+            stop.set()
+
+    return cb
+
+
+def _alive(pid: int) -> bool:
+    """Our parent ``pid`` still runs (once it dies we are re-parented, so getppid changes)."""
+    return os.getppid() == pid
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="asyncrl worker", description="asyncrl sampler worker")
+    p.add_argument("--connect", required=True, help="coordinator endpoint, e.g. tcp://HOST:PORT")
+    p.add_argument(
+        "--envs", type=int, default=0, help="envs in this worker (0: the coordinator decides)"
+    )
+    p.add_argument("--id", default="", help="worker id (default: host-pid-random)")
+    p.add_argument(
+        "--slot", type=int, default=-1, help="local worker slot (set by the coordinator)"
+    )
+    p.add_argument("--parent-pid", type=int, default=0, help="exit when this process dies")
+    p.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    p.add_argument(
+        "--dead-after", type=float, default=30.0, help="exit after this long without word"
+    )
+    p.add_argument("--connect-timeout", type=float, default=30.0)
+    p.add_argument("--server-key", default="", help="coordinator's public key file (CURVE)")
+    p.add_argument("--client-key", default="", help="this worker's secret key file (CURVE)")
+    p.add_argument("--log-level", default="WARNING")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s worker %(levelname)s: %(message)s"
+    )
+    if args.server_key and not args.client_key:
+        print(
+            "asyncrl worker: --server-key needs --client-key (this worker's secret key file)",
+            file=sys.stderr,
+        )
+        return 2
+    from asyncrl.runtime import install_event_loop
+
+    install_event_loop()
+    try:
+        return asyncio.run(worker_main(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
