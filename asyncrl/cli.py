@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -18,14 +19,38 @@ class CliError(Exception):
     pass
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one error line (no usage block): ``asyncrl train: error: ... (see --help)``."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
 def _presets_epilog() -> str:
     from asyncrl.algos import ALGOS
     from asyncrl.configs.config import list_presets
 
     lines = ["algorithms: " + ", ".join(f"{k} ({v.description})" for k, v in sorted(ALGOS.items()))]
-    lines.append("presets (chosen by env family: classic control, atari, mujoco): " + ", ".join(list_presets()))
-    lines.append("examples: asyncrl train ppo CartPole-v1 | asyncrl train ppo ALE/Pong-v5 --steps 1e6 |")
-    lines.append("          asyncrl train ppo HalfCheetah-v5 --set ppo.learning_rate=1e-4 | asyncrl train --resume RUN_DIR")
+    lines.append(
+        "presets (chosen by env family: classic control, atari, mujoco): "
+        + ", ".join(list_presets())
+    )
+    lines.append(
+        "examples: asyncrl train ppo CartPole-v1 | asyncrl train ppo ALE/Pong-v5 --steps 1e6 |"
+    )
+    lines.append(
+        "          asyncrl train ppo HalfCheetah-v5 --set ppo.learning_rate=1e-4 | asyncrl train --resume RUN_DIR"
+    )
     return "\n".join(lines)
 
 
@@ -40,7 +65,7 @@ def _steps(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="asyncrl", description="Deep RL on an asyncio + ZeroMQ runtime.")
+    p = _Parser(prog="asyncrl", description="Deep RL on an asyncio + ZeroMQ runtime.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(
@@ -55,28 +80,50 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", help="cpu | cuda | cuda:N")
     t.add_argument("--config", help="TOML file with settings (same layout as a run's config.toml)")
-    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set ppo.learning_rate=1e-4 (repeatable)")
+    t.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set ppo.learning_rate=1e-4 (repeatable)",
+    )
     t.add_argument("--run-dir", help="where to write the run (default runs/ALGO_ENV_TIME)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     t.add_argument("--mode", choices=["serial", "parallel", "central", "alternating"])
-    t.add_argument("--workers", type=int, help="worker processes (parallel/central/alternating)")
-    t.add_argument("--envs-per-worker", type=int, help="envs in each worker")
-    t.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first (it may register env ids)")
+    t.add_argument(
+        "--workers", type=_positive_int, help="worker processes (parallel/central/alternating)"
+    )
+    t.add_argument("--envs-per-worker", type=_positive_int, help="envs in each worker")
+    t.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (it may register env ids)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no live progress display")
 
     e = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
     e.add_argument("run_dir")
-    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("--episodes", type=_positive_int, default=10)
     e.add_argument("--seed", type=int, default=None)
     e.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
-    e.add_argument("--video", nargs="?", const="", default=None, metavar="PATH",
-                   help="write a video of the first episode (.mp4 or .gif; default RUN_DIR/eval.gif)")
+    e.add_argument(
+        "--video",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="write a video of the first episode (.mp4 or .gif; default RUN_DIR/eval.gif)",
+    )
 
     pl = sub.add_parser("plot", help="plot learning curves of one or more runs to a PNG")
     pl.add_argument("run_dirs", nargs="+")
-    pl.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curve.png of the first run)")
+    pl.add_argument(
+        "--out", default=None, help="PNG path (default RUN_DIR/curve.png of the first run)"
+    )
     pl.add_argument("--metric", default="return_mean")
 
     try:
@@ -89,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    import asyncrl
-    from asyncrl.configs.config import resolve_config
+    import signal
+
+    from asyncrl.configs.config import resolve_config, validate
+    from asyncrl.runners.train import train
 
     if args.resume:
         if args.algo or args.env_id:
@@ -99,11 +148,14 @@ def cmd_train(args) -> int:
             raise CliError("--resume continues a run as configured; --config/--set are not allowed")
         if not Path(args.resume).is_dir():
             raise CliError(f"run directory {args.resume!r} does not exist")
-        result = asyncrl.train(resume=args.resume, steps=args.steps,
-                               progress=False if args.no_progress else None)
+        result = train(
+            resume=args.resume, steps=args.steps, progress=False if args.no_progress else None
+        )
     else:
         if not args.algo or not args.env_id:
-            raise CliError("train needs ALGO and ENV_ID (or --resume RUN_DIR); see asyncrl train --help")
+            raise CliError(
+                "train needs ALGO and ENV_ID (or --resume RUN_DIR); see asyncrl train --help"
+            )
         overrides = {
             "steps": args.steps,
             "seed": args.seed,
@@ -117,18 +169,38 @@ def cmd_train(args) -> int:
                 importlib.import_module(mod)
             except ImportError as e:
                 raise CliError(f"--import {mod}: {e}") from None
-        cfg = resolve_config(args.algo, args.env_id, args.config, args.sets, overrides, imports=args.imports)
+        cfg = resolve_config(
+            args.algo, args.env_id, args.config, args.sets, overrides, imports=args.imports
+        )
         if args.envs_per_worker:
             cfg.sampler.num_envs = args.envs_per_worker * cfg.sampler.workers
+            validate(cfg)
         if args.no_progress:
             cfg.log.progress = False
-        result = asyncrl.train(cfg)
+        result = train(cfg)
     status = "interrupted" if result.interrupted else "done"
     print(
         f"{status}: {result.env_steps} env steps, return_mean {result.return_mean:.2f}, "
         f"eval_return_mean {result.eval_return_mean:.2f}, run dir {result.run_dir}"
     )
-    return 130 if result.interrupted else 0
+    if not result.interrupted:
+        return 0
+    return 128 + int(result.stop_signal or signal.SIGINT)  # 143 after SIGTERM, 130 after Ctrl-C
+
+
+def _check_video_path(video: str) -> None:
+    """Fail before any evaluation work when the video cannot be written."""
+    path = Path(video)
+    if path.suffix.lower() not in (".gif", ".mp4"):
+        raise CliError(f"--video {video!r}: expected a .gif or .mp4 path")
+    if not path.parent.is_dir():
+        raise CliError(f"--video {video!r}: directory {str(path.parent)!r} does not exist")
+    if path.suffix.lower() == ".mp4" and not any(
+        importlib.util.find_spec(m) is not None for m in ("imageio_ffmpeg", "av")
+    ):
+        raise CliError(
+            f"--video {video!r}: writing mp4 needs imageio-ffmpeg or av installed; use a .gif path"
+        )
 
 
 def cmd_eval(args) -> int:
@@ -137,10 +209,19 @@ def cmd_eval(args) -> int:
     video = None
     if args.video is not None:
         video = args.video or str(Path(args.run_dir) / "eval.gif")
-    rets, written = evaluate_run(args.run_dir, episodes=args.episodes, seed=args.seed,
-                                 deterministic=not args.stochastic, video=video)
-    print(f"eval {args.run_dir}: {len(rets)} episodes, return mean {rets.mean():.2f} std {rets.std():.2f}"
-          f" (min {rets.min():.1f}, max {rets.max():.1f})")
+        if Path(args.run_dir).is_dir():  # a missing run dir is reported by evaluate_run
+            _check_video_path(video)
+    rets, written = evaluate_run(
+        args.run_dir,
+        episodes=args.episodes,
+        seed=args.seed,
+        deterministic=not args.stochastic,
+        video=video,
+    )
+    print(
+        f"eval {args.run_dir}: {len(rets)} episodes, return mean {rets.mean():.2f} std {rets.std():.2f}"
+        f" (min {rets.min():.1f}, max {rets.max():.1f})"
+    )
     if written:
         print(f"video: {written}")
     return 0
@@ -150,10 +231,18 @@ def cmd_plot(args) -> int:
     from asyncrl.logging.plot import plot_runs
 
     for rd in args.run_dirs:
+        if not Path(rd).is_dir():
+            raise CliError(f"run directory {rd!r} does not exist")
         if not (Path(rd) / "progress.csv").exists():
             raise CliError(f"{rd!r} is not a run directory (no progress.csv)")
     out = args.out or str(Path(args.run_dirs[0]) / "curve.png")
-    print(f"wrote {plot_runs(args.run_dirs, out, args.metric)}")
+    if not Path(out).parent.is_dir():
+        raise CliError(f"--out {out!r}: directory {str(Path(out).parent)!r} does not exist")
+    try:
+        written = plot_runs(args.run_dirs, out, args.metric)
+    except ValueError as e:  # a torn progress.csv, an unknown metric
+        raise CliError(str(e)) from None
+    print(f"wrote {written}")
     return 0
 
 

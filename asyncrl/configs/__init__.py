@@ -10,4 +10,12 @@ from asyncrl.configs.config import (
     resolve_config,
 )
 
-__all__ = ["ConfigError", "LogConfig", "SamplerConfig", "TrainConfig", "list_presets", "load_config", "resolve_config"]
+__all__ = [
+    "ConfigError",
+    "LogConfig",
+    "SamplerConfig",
+    "TrainConfig",
+    "list_presets",
+    "load_config",
+    "resolve_config",
+]

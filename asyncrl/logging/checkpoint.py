@@ -21,7 +21,9 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save_checkpoint(run_dir: str | Path, env_steps: int, state: dict[str, Any], keep: int = 3) -> Path:
+def save_checkpoint(
+    run_dir: str | Path, env_steps: int, state: dict[str, Any], keep: int = 3
+) -> Path:
     d = checkpoint_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"ckpt_{env_steps:012d}.pt"
@@ -57,4 +59,6 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist") from None
     except Exception as e:  # noqa: BLE001 - a torn or foreign file: one line for the user
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}"
+        ) from None

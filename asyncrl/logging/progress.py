@@ -36,7 +36,9 @@ def setup_file_logger(run_dir: Path) -> logging.Logger:
     logger = logging.getLogger("asyncrl")
     logger.setLevel(logging.INFO)
     path = str(run_dir / "train.log")
-    if not any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in logger.handlers):
+    if not any(
+        isinstance(h, logging.FileHandler) and h.baseFilename == path for h in logger.handlers
+    ):
         for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
             logger.removeHandler(h)
             h.close()
@@ -47,21 +49,35 @@ def setup_file_logger(run_dir: Path) -> logging.Logger:
 
 
 class ProgressWriter:
-    """Appends rows to progress.csv (resuming keeps the header) and mirrors them to TensorBoard."""
+    """Appends rows to progress.csv (resuming keeps the header) and mirrors them to TensorBoard.
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, extra_columns: list[str] | None = None):
+    ``resume_steps``: the env steps of the checkpoint a resumed run starts from. Rows (and
+    TensorBoard events) written after that checkpoint by the interrupted run are dropped, so the
+    continued curve stays strictly increasing in env steps.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool = True,
+        extra_columns: list[str] | None = None,
+        resume_steps: int | None = None,
+    ):
         self.path = run_dir / "progress.csv"
         self.columns: list[str] | None = None
         if self.path.exists() and self.path.stat().st_size > 0:
             with self.path.open(newline="") as f:
                 self.columns = next(csv.reader(f), None)
+            if resume_steps is not None and self.columns:
+                truncate_progress(self.path, resume_steps)
         self._extra = list(extra_columns or [])
         self.tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tb"))
+                purge = resume_steps + 1 if resume_steps is not None else None
+                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 self.tb = None
 
@@ -84,6 +100,32 @@ class ProgressWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def truncate_progress(path: Path, max_env_steps: int) -> int:
+    """Drop rows of a progress.csv whose env_steps exceed ``max_env_steps`` (and torn last
+    lines); rewrites the file atomically. Returns the number of rows dropped."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or "env_steps" not in rows[0]:
+        return 0
+    header, body = rows[0], rows[1:]
+    col = header.index("env_steps")
+    kept = []
+    for r in body:
+        try:
+            ok = len(r) == len(header) and float(r[col]) <= max_env_steps
+        except ValueError:
+            ok = False
+        if ok:
+            kept.append(r)
+    if len(kept) == len(body):
+        return 0
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *kept])
+    tmp.replace(path)
+    return len(body) - len(kept)
 
 
 def _fmt(v: Any) -> str:
@@ -124,15 +166,25 @@ class EpisodeTracker:
 
 
 class LiveDisplay:
-    """A rich progress bar (steps, steps/s, return, ETA) on a terminal; plain lines otherwise."""
+    """A rich progress bar (steps, steps/s, return, ETA) when stderr is a terminal; otherwise
+    (a log file, CI) a plain line on stderr at most every ``plain_every_s`` seconds."""
 
-    def __init__(self, total_steps: int, description: str, enabled: bool = True, start: int = 0):
+    def __init__(
+        self,
+        total_steps: int,
+        description: str,
+        enabled: bool = True,
+        start: int = 0,
+        plain_every_s: float = 10.0,
+    ):
         self.enabled = enabled
         self.total = total_steps
         self.description = description
+        self.plain_every_s = plain_every_s
         self._progress = None
-        self._last_plain = 0.0
+        self._last_plain: float | None = None
         if enabled and sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -152,6 +204,7 @@ class LiveDisplay:
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
+                console=Console(file=sys.stderr),
                 transient=False,
             )
             self._task = self._progress.add_task(
@@ -159,14 +212,21 @@ class LiveDisplay:
             )
             self._progress.start()
 
-    def update(self, env_steps: int, steps_per_s: float, return_mean: float, extra: str = "") -> None:
+    def update(
+        self, env_steps: int, steps_per_s: float, return_mean: float, extra: str = ""
+    ) -> None:
         ret = "-" if math.isnan(return_mean) else f"{return_mean:.1f}"
         if self._progress is not None:
             self._progress.update(
-                self._task, completed=min(env_steps, self.total), rate=f"{steps_per_s:,.0f}",
-                ret=ret, extra=extra,
+                self._task,
+                completed=min(env_steps, self.total),
+                rate=f"{steps_per_s:,.0f}",
+                ret=ret,
+                extra=extra,
             )
-        elif self.enabled and time.monotonic() - self._last_plain > 10:
+        elif self.enabled and (
+            self._last_plain is None or time.monotonic() - self._last_plain >= self.plain_every_s
+        ):
             self._last_plain = time.monotonic()
             pct = 100.0 * env_steps / max(self.total, 1)
             eta = (self.total - env_steps) / steps_per_s if steps_per_s > 0 else float("nan")

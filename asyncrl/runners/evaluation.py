@@ -20,7 +20,9 @@ def evaluate(
 ) -> np.ndarray:
     """Raw returns of ``episodes`` episodes. Envs are given an equal quota of episodes so short
     episodes are not over-represented. If ``frames`` is a list, env 0's rgb frames are appended."""
-    n = num_envs or min(episodes, 8)
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    n = min(num_envs or 8, episodes)
     quota = np.full(n, episodes // n)
     quota[: episodes % n] += 1
     render = "rgb_array" if frames is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,9 @@ def load_agent(run_dir: str | Path, device: str = "cpu"):
     ckpt = load_checkpoint(latest_checkpoint(run_dir))
     env = make_env(cfg.env)
     try:
-        agent = ALGOS[cfg.algo].make_agent(env.observation_space, env.action_space, cfg.model, device,
-                                           cfg.algo_params)
+        agent = ALGOS[cfg.algo].make_agent(
+            env.observation_space, env.action_space, cfg.model, device, cfg.algo_params
+        )
     finally:
         env.close()
     agent.load_state_tensors(ckpt["agent"], ckpt.get("policy_version", 0))
@@ -33,20 +35,38 @@ def load_agent(run_dir: str | Path, device: str = "cpu"):
     return agent, cfg
 
 
-def evaluate_run(run_dir, episodes: int = 10, seed: int | None = None, deterministic: bool = True,
-                 video: str | None = None) -> tuple[np.ndarray, str | None]:
+def evaluate_run(
+    run_dir,
+    episodes: int = 10,
+    seed: int | None = None,
+    deterministic: bool = True,
+    video: str | None = None,
+) -> tuple[np.ndarray, str | None]:
+    if episodes < 1:
+        raise ConfigError(f"episodes must be >= 1, got {episodes}")
     agent, cfg = load_agent(run_dir)
     frames: list | None = [] if video else None
-    rets = evaluate(agent, cfg.env, episodes, seed=cfg.seed + 20_000 if seed is None else seed,
-                    deterministic=deterministic, frames=frames)
+    if video:
+        # rgb_array rendering needs no display; keep pygame/SDL from looking for one.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+    rets = evaluate(
+        agent,
+        cfg.env,
+        episodes,
+        seed=cfg.seed + 20_000 if seed is None else seed,
+        deterministic=deterministic,
+        frames=frames,
+    )
     written = None
     if video and frames:
         import imageio.v2 as imageio
 
         try:
             imageio.mimsave(video, frames, fps=30) if video.endswith(".mp4") else imageio.mimsave(
-                video, frames, duration=1000 / 30, loop=0)
+                video, frames, duration=1000 / 30, loop=0
+            )
         except Exception as e:  # noqa: BLE001 - codec missing etc.
-            raise ConfigError(f"cannot write video {video!r}: {e}") from None
+            reason = " ".join(str(e).split())  # one line
+            raise ConfigError(f"cannot write video {video!r}: {reason}") from None
         written = video
     return rets, written
