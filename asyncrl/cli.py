@@ -26,14 +26,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < low:
+            kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}")
+        return v
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
 
 
 def _presets_epilog() -> str:
@@ -92,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     t.add_argument("--mode", choices=["serial", "parallel", "central", "alternating"])
     t.add_argument(
-        "--workers", type=_positive_int, help="worker processes (parallel/central/alternating)"
+        "--workers", type=_int_at_least(0), help="worker processes (parallel/central/alternating)"
     )
     t.add_argument("--envs-per-worker", type=_positive_int, help="envs in each worker")
     t.add_argument(

@@ -110,7 +110,8 @@ BAD_TRAIN = [
     (["train", "ppo", "CartPole-v1", "--set", "env.id=NoSuchEnv-v0"], ["NoSuchEnv-v0"]),
     (["train", "ppo", "CartPole-v1", "--device", "tpu"], ["tpu"]),
     (["train", "ppo", "CartPole-v1", "--steps", "lots"], ["--steps", "lots"]),
-    (["train", "ppo", "CartPole-v1", "--workers", "0"], ["--workers"]),
+    (["train", "ppo", "CartPole-v1", "--workers", "-1"], ["--workers"]),
+    (["train", "ppo", "CartPole-v1", "--workers", "0"], ["sampler.workers"]),  # 0 needs a bind
     (["train", "ppo"], ["ENV_ID"]),
     (["train", "--resume", "{tmp}/no_such_run"], ["no_such_run"]),
     (["train", "--resume", "{tmp}/empty_run"], ["empty_run", "config.toml"]),
