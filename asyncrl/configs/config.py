@@ -302,11 +302,15 @@ def validate(cfg: TrainConfig) -> None:
         ("steps", cfg.steps),
         ("sampler.num_envs", s.num_envs),
         ("sampler.horizon", s.horizon),
-        ("sampler.workers", s.workers),
         ("log.eval_episodes", cfg.log.eval_episodes),
     ):
         if v < 1:
             raise ConfigError(f"{key} must be >= 1, got {v}")
+    if s.workers < (0 if s.bind else 1):
+        raise ConfigError(
+            f"sampler.workers must be >= {0 if s.bind else 1}, got {s.workers}"
+            + ("" if s.bind else " (0 local workers needs sampler.bind for remote ones)")
+        )
     for key, v in (
         ("torch_threads", cfg.torch_threads),
         ("log.keep_checkpoints", cfg.log.keep_checkpoints),
