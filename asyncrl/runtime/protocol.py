@@ -9,6 +9,11 @@ A message is a list of ZeroMQ frames::
                  sequence number, policy version, array schema or shared-memory slot, meta)
     frame 1..n   the raw bytes of each array leaf of the tree, depth first (``asyncrl.data.flatten``)
 
+The schema (plain data from ``asyncrl.data.flatten``) sits in the header as an embedded msgpack
+``bin``: a sender packs it once per batch layout, and a receiver checks each distinct schema once
+(with ``asyncrl.data.unflatten``) and afterwards rebuilds trees from a cached plan, so a stream of
+same-shaped batches costs a few microseconds per message on each side.
+
 Array frames are passed to ZeroMQ as the numpy arrays themselves (no copy on send) and come back
 as numpy views of the received frames (no copy on receive). A message whose arrays live
 in a shared-memory slot carries no array frames: its header names the slot instead (see
@@ -27,8 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import numpy as np
+import zmq
 
-from asyncrl.data import WireError, flatten, unflatten
+from asyncrl.data import WireError, flatten, is_namedarraytuple, tree_leaves, unflatten
 
 PROTOCOL_VERSION = 1
 """Bump on any change a peer of the previous version could not read (types, keys, meaning)."""
@@ -63,6 +70,13 @@ class MsgType(enum.IntEnum):
     RELEASE = 12  # receiver -> sender: shm slot ``slot`` may be reused
     BYE = 13  # worker -> coordinator: leaving on purpose
     METRICS = 14  # worker -> coordinator: episode returns/lengths etc. in meta
+    REPLAY_CONFIG = 15  # learner -> replay service: buffer kind and settings, example step
+    REPLAY_APPEND = 16  # -> replay service: [t, B] steps (+ final observations of truncations)
+    REPLAY_SAMPLE = 17  # learner -> replay service: meta batch_size (and beta)
+    REPLAY_BATCH = 18  # replay service -> learner: one sampled minibatch
+    REPLAY_PRIORITIES = 19  # learner -> replay service: indices and new |TD errors|
+    REPLAY_STATE = 20  # learner -> replay service: send (or, with arrays, load) the contents
+    REPLAY_OK = 21  # replay service -> learner: done (meta: size, steps written)
 
 
 class ProtocolError(ValueError):
@@ -109,7 +123,8 @@ class Header:
     meta: dict = field(default_factory=dict)
     version: int = PROTOCOL_VERSION
 
-    def to_wire(self) -> dict:
+    def to_wire(self, schema_bytes: bytes | None = None) -> dict:
+        """The msgpack-ready map; ``schema_bytes`` is ``pack_schema(self.schema)`` if known."""
         d = {
             PROTOCOL_KEY: self.version,
             "type": int(self.type),
@@ -120,7 +135,7 @@ class Header:
         }
         # Optional keys are omitted when empty so that slot notifications stay small.
         if self.schema is not None:
-            d["schema"] = self.schema
+            d["schema"] = schema_bytes if schema_bytes is not None else pack_schema(self.schema)
         if self.slot is not None:
             d["slot"] = self.slot
         if self.shm is not None:
@@ -137,6 +152,8 @@ class Header:
         return h
 
 
+_ZmqFrame = zmq.Frame
+
 _REQUIRED = {PROTOCOL_KEY, "type", "run_id", "worker_id", "seq", "policy_version"}
 _KNOWN = _REQUIRED | {"schema", "slot", "shm", "meta"}
 
@@ -145,8 +162,12 @@ def _refuse_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(f"msgpack extension type {code} is not allowed")
 
 
-def pack_header(header: Header) -> bytes:
-    return msgpack.packb(header.to_wire(), use_bin_type=True)
+def pack_schema(schema: Any) -> bytes:
+    return msgpack.packb(schema, use_bin_type=True)
+
+
+def pack_header(header: Header, schema_bytes: bytes | None = None) -> bytes:
+    return msgpack.packb(header.to_wire(schema_bytes), use_bin_type=True)
 
 
 def encode(header: Header, tree: Any = None) -> list[Any]:
@@ -163,6 +184,77 @@ def encode(header: Header, tree: Any = None) -> list[Any]:
     schema, buffers = flatten(tree)
     header.schema = schema
     return [pack_header(header), *buffers]
+
+
+class _Plan:
+    """A schema already checked against real frames: leaf (dtype, shape, nbytes), a template."""
+
+    __slots__ = ("schema", "leaves", "assemble")
+
+    def __init__(self, schema: Any, tree: Any):
+        self.schema = schema
+        self.assemble = _assembler(tree)
+        self.leaves = [(leaf.dtype, leaf.shape, leaf.nbytes) for leaf in tree_leaves(tree)]
+
+    def build(self, buffers: list[Any]) -> Any:
+        if len(buffers) != len(self.leaves):
+            more = "more" if len(buffers) > len(self.leaves) else "fewer"
+            raise ProtocolError(
+                f"frames do not match the schema: {more} frames ({len(buffers)}) than the "
+                f"schema names ({len(self.leaves)})"
+            )
+        arrays = []
+        for buf, (dtype, shape, nbytes) in zip(buffers, self.leaves):
+            size = buf.nbytes if type(buf) is memoryview else _nbytes(buf)
+            if size != nbytes:
+                raise ProtocolError(
+                    f"frames do not match the schema: frame of {size} bytes, "
+                    f"schema expects {nbytes}"
+                )
+            arrays.append(np.frombuffer(buf, dtype).reshape(shape))
+        return self.assemble(iter(arrays))
+
+
+def _assembler(template: Any) -> Any:
+    """A function that rebuilds ``template``'s tree type from an iterator over its leaves."""
+    if is_namedarraytuple(template):
+        cls = type(template)
+        parts = [_assembler(child) for child in template]
+        return lambda leaves: cls(*[part(leaves) for part in parts])
+    if template is None:
+        return lambda leaves: None
+    return next
+
+
+def _unpack_schema(schema_bytes: bytes) -> Any:
+    try:
+        schema = msgpack.unpackb(schema_bytes, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+    except ProtocolError:
+        raise
+    except Exception as e:
+        raise ProtocolError(f"schema is not msgpack: {type(e).__name__}"[:200]) from None
+    if not isinstance(schema, dict):
+        raise ProtocolError("header 'schema' must be a map")
+    return schema
+
+
+def _first_build(schema_bytes: bytes, buffers: list[Any]) -> tuple[Any, Any]:
+    """Check a new schema against its frames with ``asyncrl.data.unflatten``; remember it."""
+    schema = _unpack_schema(schema_bytes)
+    try:
+        tree = unflatten(schema, buffers)
+    except WireError as e:
+        raise ProtocolError(f"frames do not match the schema: {e}") from None
+    except (ValueError, TypeError, RecursionError, KeyError) as e:
+        raise ProtocolError(f"malformed schema: {type(e).__name__}: {e}"[:200]) from None
+    if len(_PLANS) >= _MAX_PLANS:
+        _PLANS.clear()
+    _PLANS[schema_bytes] = _Plan(schema, tree)
+    return schema, tree
+
+
+_PLANS: dict[bytes, _Plan] = {}
+_MAX_PLANS = 256  # distinct schemas remembered; a peer cycling schemas only costs CPU
 
 
 def _nbytes(frame: Any) -> int:
@@ -186,62 +278,94 @@ def _str(d: dict, key: str) -> str:
     return v
 
 
-def decode_header(frame: Any) -> Header:
-    """Parse and check frame 0. Raises ``ProtocolError`` / ``VersionMismatch``."""
-    if _nbytes(frame) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header of {_nbytes(frame)} bytes exceeds {MAX_HEADER_BYTES}")
+def _parse_header(frame: Any) -> tuple[Header, bytes | None]:
+    """Parse and check frame 0: (header without its schema, the packed schema or None)."""
+    size = _nbytes(frame)
+    if size > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         d = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
     except ProtocolError:
         raise
     except Exception as e:  # any failure to parse foreign bytes is the same verdict
         raise ProtocolError(f"header is not msgpack: {type(e).__name__}: {e}"[:200]) from None
-    if not isinstance(d, dict) or PROTOCOL_KEY not in d:
+    if type(d) is not dict or PROTOCOL_KEY not in d:
         raise ProtocolError("not an asyncrl message (no protocol key in the header)")
     version = d[PROTOCOL_KEY]
     if version != PROTOCOL_VERSION or type(version) is not int:
         raise VersionMismatch(version)
-    missing = _REQUIRED - d.keys()
-    if missing:
-        raise ProtocolError(f"header lacks {sorted(missing)}")
-    unknown = d.keys() - _KNOWN
-    if unknown:
+    if not _REQUIRED <= d.keys() <= _KNOWN:
+        missing, unknown = _REQUIRED - d.keys(), d.keys() - _KNOWN
+        if missing:
+            raise ProtocolError(f"header lacks {sorted(missing)}")
         raise ProtocolError(f"header has unknown keys {sorted(unknown)[:5]}")
+    type_value, run_id, worker_id = d["type"], d["run_id"], d["worker_id"]
+    seq, policy_version = d["seq"], d["policy_version"]
+    get = d.get
+    schema_bytes, slot, shm, meta = get("schema"), get("slot"), get("shm"), get("meta", {})
+    # One test for the common, valid case; the detailed checks below name what is wrong.
+    valid = (
+        type(type_value) is int
+        and type_value in _TYPES
+        and type(run_id) is str
+        and type(worker_id) is str
+        and type(seq) is int
+        and seq >= 0
+        and type(policy_version) is int
+        and type(meta) is dict
+        and (slot is None) == (shm is None)
+        and (schema_bytes is None or (type(schema_bytes) is bytes and slot is None))
+        and (slot is None or (type(slot) is int and slot >= 0 and _valid_shm(shm)))
+    )
+    if not valid:
+        _explain(d)
+    return Header(
+        _TYPES[type_value], run_id, worker_id, seq, policy_version, None, slot, shm, meta, version
+    ), schema_bytes
+
+
+_TYPES = {int(t): t for t in MsgType}
+
+
+def _valid_shm(shm: Any) -> bool:
+    name = shm.get("name") if type(shm) is dict else None
+    return type(name) is str and name.startswith(SHM_NAME_PREFIX) and len(name) <= 64
+
+
+def _explain(d: dict) -> None:
+    """Raise the ProtocolError that says what is wrong with a header that failed the fast test."""
     type_value = _int(d, "type")
-    try:
-        msg_type = MsgType(type_value)
-    except ValueError:
-        raise ProtocolError(f"unknown message type {type_value}") from None
-    schema = d.get("schema")
-    if schema is not None and not isinstance(schema, dict):
-        raise ProtocolError("header 'schema' must be a map")
-    slot = d.get("slot")
+    if type_value not in _TYPES:
+        raise ProtocolError(f"unknown message type {type_value}")
+    _str(d, "run_id")
+    _str(d, "worker_id")
+    _int(d, "seq", 0)
+    _int(d, "policy_version")
+    schema_bytes, slot, shm = d.get("schema"), d.get("slot"), d.get("shm")
+    if schema_bytes is not None and type(schema_bytes) is not bytes:
+        raise ProtocolError("header 'schema' must be msgpack bin (an embedded schema)")
     if slot is not None and (type(slot) is not int or slot < 0):
         raise ProtocolError(f"header 'slot' must be an int >= 0, got {slot!r}"[:200])
-    shm = d.get("shm")
-    if shm is not None:
-        name = shm.get("name") if isinstance(shm, dict) else None
-        if not isinstance(name, str) or not name.startswith(SHM_NAME_PREFIX) or len(name) > 64:
-            raise ProtocolError(f"header 'shm' must name an {SHM_NAME_PREFIX}* segment")
+    if shm is not None and not _valid_shm(shm):
+        raise ProtocolError(f"header 'shm' must name an {SHM_NAME_PREFIX}* segment")
     if (slot is None) != (shm is None):
         raise ProtocolError("header 'slot' and 'shm' come together")
-    if slot is not None and schema is not None:
+    if slot is not None and schema_bytes is not None:
         raise ProtocolError("a message has either a schema (frames) or a slot (shm), not both")
-    meta = d.get("meta", {})
-    if not isinstance(meta, dict):
+    if type(d.get("meta", {})) is not dict:
         raise ProtocolError("header 'meta' must be a map")
-    return Header(
-        type=msg_type,
-        run_id=_str(d, "run_id"),
-        worker_id=_str(d, "worker_id"),
-        seq=_int(d, "seq", 0),
-        policy_version=_int(d, "policy_version"),
-        schema=schema,
-        slot=slot,
-        shm=shm,
-        meta=meta,
-        version=version,
-    )
+    raise ProtocolError("malformed header")  # pragma: no cover - the fast test and this agree
+
+
+def decode_header(frame: Any) -> Header:
+    """Parse and check frame 0 alone (its schema unchecked against any frames).
+
+    Raises ``ProtocolError`` / ``VersionMismatch``.
+    """
+    header, schema_bytes = _parse_header(frame)
+    if schema_bytes is not None:
+        header.schema = _unpack_schema(schema_bytes)
+    return header
 
 
 def decode(frames: list[Any], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tuple[Header, Any]:
@@ -253,21 +377,22 @@ def decode(frames: list[Any], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tup
     """
     if not isinstance(frames, (list, tuple)) or not frames:
         raise ProtocolError("empty message")
+    # zmq.Frame -> its memoryview; bytes, memoryviews and arrays are buffers already.
+    buffers = [f.buffer if type(f) is _ZmqFrame else f for f in frames]
     total = 0
-    for f in frames:
-        total += _nbytes(f)
+    for b in buffers:
+        total += len(b) if type(b) is bytes else _nbytes(b)
     if total > max_bytes:
         raise ProtocolError(f"message of {total} bytes exceeds the limit of {max_bytes}")
-    buffers = [f.buffer if hasattr(f, "buffer") else f for f in frames]  # zmq.Frame -> memoryview
-    header = decode_header(buffers[0])
-    if header.schema is None:
+    header, schema_bytes = _parse_header(buffers[0])
+    if schema_bytes is None:
         if len(frames) != 1:
             raise ProtocolError(f"{len(frames) - 1} array frames but no schema in the header")
         return header, None
-    try:
-        tree = unflatten(header.schema, buffers[1:])
-    except WireError as e:
-        raise ProtocolError(f"frames do not match the schema: {e}") from None
-    except (ValueError, TypeError, RecursionError, KeyError) as e:
-        raise ProtocolError(f"malformed schema: {type(e).__name__}: {e}"[:200]) from None
-    return header, tree
+    plan = _PLANS.get(schema_bytes)
+    if plan is None:
+        header.schema, tree = _first_build(schema_bytes, buffers[1:])
+        return header, tree
+    # ``header.schema`` is shared by the messages of one layout: read it, do not modify it.
+    header.schema = plan.schema
+    return header, plan.build(buffers[1:])
