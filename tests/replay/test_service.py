@@ -47,7 +47,7 @@ def test_service_samples_like_the_in_process_buffer(kind):
     )
     remote = ReplayService(kind, _example(), 64, 2, seed=5, **kwargs)
     try:
-        for i in range(3):
+        for _ in range(3):
             batch, finals = _batch(rng, trunc_at=(4, 1), term_at=(9, 0))
             local.append(batch, finals)
             remote.append(batch, finals)
