@@ -382,6 +382,8 @@ async def worker_main(args) -> int:
                 if tree is not None and agent is not None:
                     names = header.meta.get("names", names)
                     agent.load_state_tensors(_params_to_state(names, tree), header.policy_version)
+                if agent is not None and isinstance(header.meta.get("acting"), dict):
+                    agent.load_acting_state(header.meta["acting"])
                 if "sample" in header.meta:
                     if sample_task is not None and not sample_task.done():
                         log.warning("sample request while sampling; ignored")

@@ -21,6 +21,8 @@ def linear_schedule(start: float, end: float, duration: int, t: int) -> float:
 
 
 class DqnAgent(Agent):
+    acting_fields = ("epsilon",)
+
     def __init__(
         self,
         obs_space: gym.Space,
@@ -58,14 +60,18 @@ class DqnAgent(Agent):
     def _epsilon_greedy(self, obs, epsilon: float) -> np.ndarray:
         if self.noisy:
             reset_noise(self.model)
-        greedy = self.q_values(self.obs_to_torch(obs)).argmax(-1).cpu().numpy()
         if epsilon <= 0:
-            return greedy
-        n = greedy.shape[0]
+            return self.q_values(self.obs_to_torch(obs)).argmax(-1).cpu().numpy()
+        n = _batch_size(obs)
         explore = self.rng.random(n) < epsilon
-        if explore.any():
-            greedy[explore] = self.rng.integers(0, self.n_actions, int(explore.sum()))
-        return greedy
+        n_explore = int(explore.sum())
+        if n_explore == n:  # all random: the network's choice would be discarded
+            actions = np.empty(n, np.int64)
+        else:
+            actions = self.q_values(self.obs_to_torch(obs)).argmax(-1).cpu().numpy()
+        if n_explore:
+            actions[explore] = self.rng.integers(0, self.n_actions, n_explore)
+        return actions
 
     @torch.no_grad()
     def step(self, obs, env_ids=None):
@@ -74,3 +80,10 @@ class DqnAgent(Agent):
     @torch.no_grad()
     def act(self, obs, deterministic: bool = True) -> np.ndarray:
         return self._epsilon_greedy(obs, self.eval_epsilon if deterministic else self.epsilon)
+
+
+def _batch_size(obs) -> int:
+    """Leading dim of an observation batch (an array or a tree of arrays)."""
+    while isinstance(obs, tuple):
+        obs = next(x for x in obs if x is not None)
+    return int(obs.shape[0])

@@ -38,6 +38,8 @@ class OrnsteinUhlenbeckNoise:
 class QpgAgent(Agent):
     """``kind``: ``deterministic`` (DDPG, TD3) or ``gaussian`` (SAC)."""
 
+    acting_fields = ("random_actions",)
+
     def __init__(
         self,
         obs_space: gym.Space,
@@ -73,6 +75,7 @@ class QpgAgent(Agent):
         self.high = action_space.high.astype(np.float32)
         self.center = (self.high + self.low) / 2
         self.half_range = (self.high - self.low) / 2
+        self._bounds_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.noise_kind, self.noise_sigma, self.ou_theta = noise, noise_sigma, ou_theta
         self.rng = np.random.default_rng(seed)
         self._ou: OrnsteinUhlenbeckNoise | None = None
@@ -88,12 +91,22 @@ class QpgAgent(Agent):
         return (self.center + self.half_range * a).astype(np.float32)
 
     def from_env(self, a):
-        """Env-scale actions -> [-1, 1] (torch or numpy)."""
+        """Env-scale actions -> [-1, 1] (torch or numpy); the inverse of ``to_env``."""
         if isinstance(a, torch.Tensor):
-            c = torch.as_tensor(self.center, device=a.device)
-            h = torch.as_tensor(self.half_range, device=a.device)
+            c, h = self._bounds_on(a.device)
             return ((a - c) / h).clamp(-1.0, 1.0)
         return np.clip((a - self.center) / self.half_range, -1.0, 1.0)
+
+    def _bounds_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(center, half_range) as tensors on ``device``, made once (from_env runs per update)."""
+        cached = self._bounds_cache.get(device)
+        if cached is None:
+            cached = (
+                torch.as_tensor(self.center, device=device),
+                torch.as_tensor(self.half_range, device=device),
+            )
+            self._bounds_cache[device] = cached
+        return cached
 
     @torch.no_grad()
     def step(self, obs, env_ids=None):

@@ -595,9 +595,9 @@ class Coordinator:
         return [w for w in self.workers.values() if w.alive]
 
     async def _send_request(self, worker: WorkerRecord) -> None:
-        itr, names, params, version = self._itr_request
+        itr, names, params, version, acting = self._itr_request
         sock = self.local_sock if worker.socket_name == "local" else self.remote_sock
-        meta = {"sample": itr}
+        meta = {"sample": itr, "acting": acting}
         if params is not None:
             meta["names"] = names
         ok = await self._try_send(
@@ -618,6 +618,7 @@ class Coordinator:
         deliver: Callable[[Delivery], None],
         min_workers: int,
         timeout: float,
+        acting: dict | None = None,
     ) -> int:
         """Ask every registered worker for one batch; ``deliver`` is called (on this loop) for
         each batch as it arrives. Returns the number of batches delivered."""
@@ -628,7 +629,7 @@ class Coordinator:
                     f"only {n} of {min_workers} workers registered within {timeout:.0f} s"
                 )
         self._itr = itr
-        self._itr_request = (itr, names, params, policy_version)
+        self._itr_request = (itr, names, params, policy_version, acting or {})
         self._deliver = deliver
         self._delivered = 0
         self._itr_done = asyncio.Event()

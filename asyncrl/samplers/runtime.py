@@ -150,6 +150,7 @@ class RuntimeSampler(Sampler):
                 deliver,
                 self.cfg.sampler.min_workers,
                 self.register_timeout_s,
+                self.agent.acting_state(),
             )
         )
         if delivered == 0:
