@@ -40,15 +40,23 @@ import logging
 import secrets
 import socket as pysocket
 import warnings
+import weakref
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 import zmq
 import zmq.asyncio
 
-from asyncrl.data import SharedArrayTree, SharedHandle, buffer_from_schema, example_schema
+from asyncrl.data import (
+    SharedArrayTree,
+    SharedHandle,
+    buffer_from_schema,
+    example_schema,
+    flatten,
+)
 from asyncrl.data.namedarraytuple import tree_leaves
 from asyncrl.runtime.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -57,6 +65,8 @@ from asyncrl.runtime.protocol import (
     ProtocolError,
     decode,
     encode,
+    pack_header,
+    pack_schema,
 )
 
 log = logging.getLogger(__name__)
@@ -239,17 +249,32 @@ class PeerUnreachable(ConnectionError):
         self.peer = peer
 
 
+def _expire(future: asyncio.Future) -> None:
+    # pyzmq's own SNDTIMEO/RCVTIMEO do the same: a done future is skipped by its event handler,
+    # so the send is never performed / no message is consumed for it.
+    if not future.done():
+        future.set_exception(zmq.Again())
+
+
 async def _await(future: Any, timeout: float | None, what: str, peer: bytes | None) -> Any:
+    """Await a pyzmq future with ``timeout`` (None: the socket's SNDTIMEO/RCVTIMEO applies).
+
+    Cheaper than ``asyncio.wait_for`` (no task, no extra future) on the per-message path.
+    """
+    handle = None
     try:
-        if timeout is None:
-            return await future  # the socket's SNDTIMEO/RCVTIMEO applies
-        return await asyncio.wait_for(future, timeout)
-    except (zmq.Again, asyncio.TimeoutError):
+        if timeout is not None and not future.done():
+            handle = asyncio.get_running_loop().call_later(timeout, _expire, future)
+        return await future
+    except zmq.Again:
         raise TimeoutError(f"{what} timed out" + (f" (peer {peer!r})" if peer else "")) from None
     except zmq.ZMQError as e:
         if e.errno == zmq.EHOSTUNREACH and peer is not None:
             raise PeerUnreachable(peer) from None
         raise
+    finally:
+        if handle is not None:
+            handle.cancel()
 
 
 def _track(frames: list[Any], sock: zmq.Socket) -> tuple[list[Any], zmq.MessageTracker | None]:
@@ -443,6 +468,7 @@ def choose_path(probe: Any, prefer: Literal["auto", "shm", "frames"] = "auto") -
 
 
 _FREE, _WRITING, _IN_FLIGHT = 0, 1, 2
+_RECHECK_S = 0.005
 
 
 class BatchSender:
@@ -451,7 +477,9 @@ class BatchSender:
     ``path="shm"``: each slot is a shared-memory segment; ``send`` sends only the header
     (slot index + segment name, the full handle on first use); the slot is free again when the
     receiver's RELEASE comes back (``on_release``). ``path="frames"``: each slot is a private
-    buffer sent zero-copy as frames; it is free again once ZeroMQ has let go of its memory.
+    buffer sent zero-copy as frames; it is free again once ZeroMQ has let go of its memory
+    (noticed by a weak reference to the array view handed to ZeroMQ, which pyzmq drops when
+    libzmq frees the message: no polling, no per-frame tracker).
 
     The producer either writes in place (``slot, tree = await acquire()``, fill ``tree``,
     ``await send(header, slot)``) or lets ``send_tree`` copy a finished batch into a slot.
@@ -486,10 +514,20 @@ class BatchSender:
         else:
             self.trees = [buffer_from_schema(schema, leading_dims) for _ in range(slots)]
             self._names = {}
+        # The wire schema of every slot, packed once (flatten would redo it per message).
+        self._schema, leaves = flatten(self.trees[0])
+        self._schema_bytes = pack_schema(self._schema)
+        self._leaves = [tree_leaves(tree) for tree in self.trees]
+        self._zero_copy = [leaf.nbytes >= sock.copy_threshold for leaf in leaves]
         self._state = [_FREE] * slots
-        self._trackers: list[zmq.MessageTracker | None] = [None] * slots
+        # Per slot, {id(weakref): weakref} of the array views ZeroMQ still holds.
+        self._held: list[dict[int, weakref.ref]] = [{} for _ in range(slots)]
         self._announced = [False] * slots
         self._freed = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting = False
+        self._wake_pending = False
+        self._wake_threshold = max(1, slots // 2)
         self._next = 0
 
     @property
@@ -499,98 +537,115 @@ class BatchSender:
     @property
     def in_flight(self) -> int:
         """Slots sent and not yet free again (shm: not released; frames: not yet sent out)."""
-        self._reap()
-        return sum(state == _IN_FLIGHT for state in self._state)
+        return sum(not self._is_free(i) and s != _WRITING for i, s in enumerate(self._state))
 
     @property
     def free_slots(self) -> int:
-        self._reap()
-        return sum(state == _FREE for state in self._state)
+        return sum(self._is_free(i) for i in range(len(self._state)))
 
-    def _reap(self) -> None:
-        if self.path == "frames":
-            for i, state in enumerate(self._state):
-                tracker = self._trackers[i]
-                if state == _IN_FLIGHT and (tracker is None or tracker.done):
-                    self._trackers[i] = None
-                    self._state[i] = _FREE
+    def _is_free(self, i: int) -> bool:
+        state = self._state[i]
+        if state == _IN_FLIGHT and self.path == "frames" and not self._held[i]:
+            state = self._state[i] = _FREE
+        return state == _FREE
 
     def _take_free(self) -> int | None:
         n = len(self._state)
         for k in range(n):
             i = (self._next + k) % n
-            state = self._state[i]
-            if state == _IN_FLIGHT and self.path == "frames":
-                tracker = self._trackers[i]
-                if tracker is None or tracker.done:
-                    self._trackers[i] = None
-                    state = self._state[i] = _FREE
-            if state == _FREE:
+            if self._is_free(i):
                 self._state[i] = _WRITING
                 self._next = (i + 1) % n
                 return i
         return None
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        if self._waiting:
+            self._freed.set()
+
+    def _view_released(self, ref: weakref.ref, slot: int) -> None:
+        # Runs in pyzmq's garbage-collection thread once libzmq has freed the frame. Waking the
+        # loop from another thread costs a syscall and a loop iteration, so a waiting sender is
+        # woken once half of the slots are free, not for every frame (acquire also re-checks
+        # every few milliseconds, so one free slot is never missed for long).
+        held = self._held[slot]
+        held.pop(id(ref), None)
+        if held or not self._waiting or self._wake_pending or self._loop is None:
+            return
+        free = sum(not h for h in self._held)
+        if free >= self._wake_threshold:
+            self._wake_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # loop closed: nobody is waiting any more
+                pass
 
     async def acquire(self, timeout: float | None = None) -> tuple[int, Any]:
         """A free slot index and its writable tree; waits (at most ``timeout`` s) for one."""
         i = self._take_free()
         if i is not None:
             return i, self.trees[i]
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        pause = 5e-5
-        while True:
-            if deadline is not None and loop.time() >= deadline:
-                raise TimeoutError(
-                    f"no free {self.path} slot within {timeout} s: the receiver does not "
-                    + ("release slots" if self.path == "shm" else "drain its socket")
-                )
-            if self.path == "shm":
+        self._waiting = True
+        try:
+            while True:
                 self._freed.clear()
+                i = self._take_free()  # after clear(): a release from now on wakes us
+                if i is not None:
+                    return i, self.trees[i]
                 remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(
+                        f"no free {self.path} slot within {timeout} s: the receiver does not "
+                        + ("release slots" if self.path == "shm" else "drain its socket")
+                    )
+                if self.path == "frames":  # see _view_released: re-check at least this often
+                    remaining = _RECHECK_S if remaining is None else min(remaining, _RECHECK_S)
                 try:
                     await asyncio.wait_for(self._freed.wait(), remaining)
                 except asyncio.TimeoutError:
                     pass
-            else:  # trackers are threading events set by pyzmq: poll with a short backoff
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2e-3)
-            i = self._take_free()
-            if i is not None:
-                return i, self.trees[i]
+        finally:
+            self._waiting = False
 
     async def send(self, header: Header, slot: int, *, timeout: float | None = None) -> None:
         """Send the batch in ``slot`` (acquired and filled) with ``header``."""
         if self._state[slot] != _WRITING:
             raise ValueError(f"slot {slot} was not acquired (or was already sent)")
+        leaf = None
         try:
             if self.path == "shm":
                 segment = self._segments[slot]
-                header.slot = slot
-                header.schema = None
+                header.slot, header.schema = slot, None
                 if self._announced[slot]:
                     header.shm = {"name": segment.handle.name}
                 else:
                     header.shm = segment.handle.to_dict()
-                if self.peer is None:
-                    await send(self.sock, header, timeout=timeout)
-                else:
-                    await send_to(self.sock, self.peer, header, timeout=timeout)
-                self._announced[slot] = True
+                frames = [pack_header(header)]
             else:
                 header.slot = header.shm = None
-                tree = self.trees[slot]
-                if self.peer is None:
-                    tracker = await send(self.sock, header, tree, track=True, timeout=timeout)
-                else:
-                    tracker = await send_to(
-                        self.sock, self.peer, header, tree, track=True, timeout=timeout
-                    )
-                self._trackers[slot] = tracker
+                header.schema = self._schema
+                frames = [pack_header(header, self._schema_bytes)]
+                held = self._held[slot]
+                for leaf, zero_copy in zip(self._leaves[slot], self._zero_copy):
+                    if zero_copy:  # a fresh view, so that we see when ZeroMQ lets go of it
+                        leaf = leaf.view()
+                        ref = weakref.ref(leaf, partial(self._view_released, slot=slot))
+                        held[id(ref)] = ref
+                    frames.append(leaf)
+            if self.peer is not None:
+                frames.insert(0, self.peer)
+            future = self.sock.send_multipart(frames, copy=False)
+            del frames, leaf  # ZeroMQ (or the pending send) holds the only references now
+            await _await(future, timeout, "send", self.peer)
         except BaseException:
             self._state[slot] = _FREE  # not queued: nobody else holds the slot
             raise
         self._state[slot] = _IN_FLIGHT
+        if self.path == "shm":
+            self._announced[slot] = True
 
     async def send_tree(self, header: Header, tree: Any, *, timeout: float | None = None) -> int:
         """Copy ``tree`` into a free slot and send it; returns the slot index."""
@@ -612,15 +667,18 @@ class BatchSender:
         if slot is None or slot != header.slot or self._state[slot] != _IN_FLIGHT:
             return False
         self._state[slot] = _FREE
-        self._freed.set()
+        self._wake()
         return True
 
     def reset(self) -> None:
-        """Forget the receiver (it restarted): every slot free, handles announced anew."""
-        self._state = [_FREE] * len(self.trees)
-        self._trackers = [None] * len(self.trees)
+        """Forget the receiver (it restarted): shm slots free, handles announced anew.
+
+        Frames still held by ZeroMQ keep their slots busy until it lets go of them.
+        """
+        self._state = [_FREE if self.path == "shm" or not held else _IN_FLIGHT
+                       for held in self._held]  # fmt: skip
         self._announced = [False] * len(self.trees)
-        self._freed.set()
+        self._wake()
 
     def close(self) -> None:
         for segment in self._segments:

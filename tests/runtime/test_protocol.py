@@ -114,6 +114,20 @@ def test_truncated_and_miscounted_array_frames():
         decode([frames[0]])  # header only: the arrays never came
 
 
+def test_a_known_schema_is_still_checked_against_the_frames():
+    """The second message of a layout takes the cached path; its frames are checked all the same."""
+    batch = fill(make_batch(), 2)
+    frames = encode(header(), batch)
+    for _ in range(2):
+        assert tree_equal(decode(frames)[1], batch)
+    with pytest.raises(ProtocolError, match="frame of"):
+        decode([*frames[:-1], bytes(memoryview(frames[-1]))[:-1]])
+    with pytest.raises(ProtocolError, match="fewer frames"):
+        decode(frames[:-1])
+    with pytest.raises(ProtocolError, match="more frames"):
+        decode([*frames, b"extra"])
+
+
 def test_oversize_message_is_refused_before_parsing():
     frames = encode(header(), fill(make_batch(), 2))
     total = sum(memoryview(f).nbytes for f in frames)
@@ -146,18 +160,20 @@ def test_wrong_version_is_distinguishable():
         ({"seq": -1}, "'seq'"),
         ({"seq": True}, "'seq'"),
         ({"run_id": 5}, "'run_id' must be a string"),
-        ({"schema": [1, 2]}, "'schema' must be a map"),
+        ({"schema": [1, 2]}, "'schema' must be msgpack bin"),
+        ({"schema": msgpack.packb([1, 2])}, "'schema' must be a map"),
+        ({"schema": b"\xc1"}, "schema is not msgpack"),
         ({"meta": [1]}, "'meta' must be a map"),
         ({"extra": 1}, "unknown keys"),
         ({"slot": 1}, "come together"),
         ({"slot": -1, "shm": {"name": "asyncrl_x"}}, "'slot'"),
         ({"slot": 1, "shm": {"name": "/etc/passwd"}}, "asyncrl_"),
-        ({"slot": 1, "shm": {"name": "asyncrl_x"}, "schema": {"dtype": "|u1", "shape": []}}, "not both"),
+        ({"slot": 1, "shm": {"name": "asyncrl_x"}, "schema": msgpack.packb({"dtype": "|u1", "shape": []})}, "not both"),
     ],
 )  # fmt: skip
 def test_bad_header_fields(changes, match):
     with pytest.raises(ProtocolError, match=match):
-        decode([msgpack.packb(raw_header(**changes))])
+        decode([msgpack.packb(raw_header(**changes)), b"\x00"])
 
 
 def test_missing_keys():
@@ -181,7 +197,7 @@ def test_missing_keys():
 )
 def test_malformed_schema(schema):
     with pytest.raises(ProtocolError):
-        decode([msgpack.packb(raw_header(schema=schema)), b"\x00\x00"])
+        decode([msgpack.packb(raw_header(schema=msgpack.packb(schema))), b"\x00\x00"])
 
 
 def test_encode_refuses_tree_with_slot():
