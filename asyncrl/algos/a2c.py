@@ -25,7 +25,7 @@ class A2CConfig:
     eps: float = 1e-5  # optimizer epsilon
     gamma: float = 0.99  # discount
     gae_lambda: float = 1.0  # 1.0: plain n-step advantages as in the paper
-    value_coef: float = 0.5  # value-loss weight
+    value_coef: float = 0.5  # weight of the value loss 0.5 * (V - R)^2 (SB3's vf_coef c is 2c here)
     entropy_coef: float = 0.0  # entropy bonus weight
     max_grad_norm: float = 0.5  # global gradient-norm clip (0: off)
     normalize_advantage: bool = False  # standardise advantages per batch
@@ -84,7 +84,11 @@ class A2C:
         agent.update_normalizer(obs)
         agent.policy_version += 1
         var_y = float(np.var(ret))
-        explained = float("nan") if var_y == 0 else 1.0 - float(np.var(ret - s.agent.agent_info.value)) / var_y
+        explained = (
+            float("nan")
+            if var_y == 0
+            else 1.0 - float(np.var(ret - s.agent.agent_info.value)) / var_y
+        )
         return {
             "policy_loss": policy_loss.item(),
             "value_loss": value_loss.item(),

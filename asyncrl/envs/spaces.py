@@ -42,8 +42,10 @@ def space_example(space: gym.Space) -> Any:
     if isinstance(space, gym.spaces.Box):
         dtype = np.uint8 if space.dtype == np.uint8 else np.float32
         return np.zeros(space.shape, dtype)
-    raise SpaceError(f"unsupported space {space!r}; supported: Box, Discrete, MultiDiscrete, "
-                     "MultiBinary, Dict, Tuple")
+    raise SpaceError(
+        f"unsupported space {space!r}; supported: Box, Discrete, MultiDiscrete, "
+        "MultiBinary, Dict, Tuple"
+    )
 
 
 def space_to_tree(space: gym.Space, value: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import gymnasium as gym
@@ -52,6 +52,13 @@ class EnvSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EnvSpec:
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            valid = ", ".join(f.name for f in fields(cls))
+            raise EnvError(f"unknown env spec key(s) {', '.join(unknown)}; valid: {valid}")
+        d = dict(d)
+        d["kwargs"] = dict(d.get("kwargs", {}))
+        d["imports"] = list(d.get("imports", []))
         return cls(**d)
 
 
@@ -89,6 +96,8 @@ def _load_class(target: str):
 
 def validate_env_id(spec: EnvSpec) -> str:
     """Check the id exists and return its family; raises EnvError with suggestions."""
+    if spec.family != "auto" and spec.family not in FAMILIES:
+        raise EnvError(f"unknown env family {spec.family!r}; valid: auto, {', '.join(FAMILIES)}")
     _ensure_registrations(spec.imports)
     if ":" in spec.id:
         _load_class(spec.id)
@@ -98,8 +107,6 @@ def validate_env_id(spec: EnvSpec) -> str:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise EnvError(f"unknown env id {spec.id!r}{hint}")
     if spec.family != "auto":
-        if spec.family not in FAMILIES:
-            raise EnvError(f"unknown env family {spec.family!r}; valid: auto, {', '.join(FAMILIES)}")
         return spec.family
     return env_family(spec.id)
 
@@ -171,7 +178,9 @@ def make_env(spec: EnvSpec, render_mode: str | None = None) -> gym.Env:
     except EnvError:
         raise
     except Exception as e:  # noqa: BLE001 - env constructors raise anything; report one line
-        raise EnvError(f"cannot build env {spec.id!r} with {kwargs}: {type(e).__name__}: {e}") from None
+        raise EnvError(
+            f"cannot build env {spec.id!r} with {kwargs}: {type(e).__name__}: {e}"
+        ) from None
     return env
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from asyncrl.data import buffer_from_example
+from asyncrl.data import buffer_from_example, tree_map
 from asyncrl.envs.spaces import space_example, space_to_tree, tree_to_space
 from asyncrl.envs.spec import EnvSpec, make_env, validate_env_id
 
@@ -69,7 +69,9 @@ class VecEnv:
         self.clip_reward = training and is_atari and spec.clip_reward
         self._box_action = isinstance(self.action_space, gym.spaces.Box)
         self._discrete_action = isinstance(self.action_space, gym.spaces.Discrete)
-        self._structured_obs = isinstance(self.observation_space, gym.spaces.Dict | gym.spaces.Tuple)
+        self._structured_obs = isinstance(
+            self.observation_space, gym.spaces.Dict | gym.spaces.Tuple
+        )
         if self._box_action:
             self._low = self.action_space.low
             self._high = self.action_space.high
@@ -118,9 +120,11 @@ class VecEnv:
                 self._ep_return[b] = 0.0
                 self._ep_length[b] = 0
                 if truncated and not terminated:
-                    final_obs.append(
-                        (b, space_to_tree(self.observation_space, obs) if self._structured_obs else obs)
+                    # a copy: the reset below may reuse the array the env handed out
+                    last = (
+                        space_to_tree(self.observation_space, obs) if self._structured_obs else obs
                     )
+                    final_obs.append((b, tree_map(np.array, last)))
                 obs, _ = env.reset()
             elif self.life_loss_terminal and info.get("life_loss", False):
                 self.terminated[b] = True  # learner sees a terminal; the game goes on
