@@ -16,7 +16,7 @@ long to flush), send/receive high-water marks (a slow peer back-pressures instea
 memory), SNDTIMEO (a send that cannot be queued raises ``TimeoutError``), RCVTIMEO (None: a
 server loop waits for input forever and notices silent peers by heartbeat; a worker sets one),
 MAXMSGSIZE (libzmq drops a peer that sends a larger frame) and ZMTP heartbeats. Every call also
-takes ``timeout=`` seconds, which overrides the socket's default for that call.
+takes ``timeout=`` seconds, which bounds that call further (the shorter of the two applies).
 
 Shared memory (same-host peers): a ``BatchSender`` owns K slots, each one ``SharedArrayTree``;
 the producer writes a batch into a free slot in place, the socket carries only the header with
@@ -257,7 +257,7 @@ def _expire(future: asyncio.Future) -> None:
 
 
 async def _await(future: Any, timeout: float | None, what: str, peer: bytes | None) -> Any:
-    """Await a pyzmq future with ``timeout`` (None: the socket's SNDTIMEO/RCVTIMEO applies).
+    """Await a pyzmq future at most ``timeout`` s (the socket's SNDTIMEO/RCVTIMEO apply too).
 
     Cheaper than ``asyncio.wait_for`` (no task, no extra future) on the per-message path.
     """
