@@ -88,5 +88,5 @@ class C51(DQN):
                 cfg.v_max,
             )
         per_sample = -(target * log_p).sum(-1)  # cross-entropy, the KL up to a constant
-        q_mean = (log_p.exp() * agent.support).sum(-1).mean().item()
+        q_mean = (log_p.detach().exp() * agent.support).sum(-1).mean()
         return per_sample, per_sample.detach(), {"q_mean": q_mean}

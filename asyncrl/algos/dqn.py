@@ -6,6 +6,8 @@ owns the loss, the target network and the replay ratio. C51 and Rainbow extend i
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,9 +15,13 @@ import torch
 from torch import nn
 
 from asyncrl.agents.dqn import DqnAgent, linear_schedule
-from asyncrl.data import to_torch
+from asyncrl.data import to_torch, tree_leaves
+from asyncrl.models.noisy import reset_noise
 from asyncrl.models.policies import is_image_space
 from asyncrl.models.q import QModelConfig
+
+# Largest block of replay minibatches drawn in one call (see DQN._minibatches).
+_BLOCK_BYTES = 8 << 20
 
 
 @dataclass
@@ -69,20 +75,32 @@ def make_dqn_agent(obs_space, action_space, model_config, device, cfg: DQNConfig
 
 
 class DQN:
+    stat_names = ("loss", "q_mean")  # what optimize() reports besides epsilon (and per_beta)
+
     def __init__(self, agent: DqnAgent, config: DQNConfig, seed: int = 0):
         self.agent, self.config = agent, config
         self.target = _copy_module(agent.model)
+        self.params = list(agent.model.parameters())
         self.optimizer = torch.optim.Adam(
-            agent.model.parameters(), lr=config.learning_rate, eps=config.adam_eps
+            self.params,
+            lr=config.learning_rate,
+            eps=config.adam_eps,
+            # One fused kernel for all parameters instead of ~10 ops per parameter tensor: the
+            # same update, a third of the time on CPU at CartPole sizes (see bench/RESULTS.md).
+            fused=_fused_adam_ok(agent.device),
         )
         self.replay = None
         self._pending_replay_state = None
+        self._block_numpy = None  # preallocated replay minibatches, filled in place
+        self._block_torch = None  # torch views of it, made once
+        self._transition_bytes = 0
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.env_steps = 0
         self.updates = 0
         self._update_credit = 0.0
         self._last_target_step = 0
+        self._learning_resumes_at = 0  # after a resume without the replay: refill it first
         agent.epsilon = 0.0 if config.noisy else config.eps_start
 
     # -- replay --------------------------------------------------------------------------
@@ -119,8 +137,13 @@ class DQN:
         return replay
 
     # -- the update --------------------------------------------------------------------------
-    def loss(self, sample) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Per-sample Huber TD loss and |TD error| (new priorities)."""
+    def loss(self, sample) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """(per-sample Huber TD loss [N], |TD error| [N] as new priorities (None without
+        prioritized replay), stats as 0-d tensors).
+
+        Target: r + discount * Q_target(s', a*) with a* = argmax_a Q_online(s', a) when
+        ``double`` (van Hasselt et al. 2016, eq. 4), else argmax_a Q_target(s', a).
+        """
         cfg, agent = self.config, self.agent
         q = agent.model(sample.observation)
         q_taken = q.gather(1, sample.action.long().unsqueeze(1)).squeeze(1)
@@ -133,9 +156,10 @@ class DQN:
             next_q = next_target.gather(1, next_action).squeeze(1)
             # discount is gamma^m, already 0 where the window ended in `terminated`
             target = sample.reward + sample.discount * next_q
-        td = q_taken - target
         loss = nn.functional.huber_loss(q_taken, target, reduction="none", delta=cfg.huber_delta)
-        return loss, td.detach().abs(), {"q_mean": q_taken.mean().item()}
+        q_taken = q_taken.detach()
+        priorities = (q_taken - target).abs() if cfg.prioritized else None
+        return loss, priorities, {"q_mean": q_taken.mean()}
 
     def _update_target(self) -> None:
         tau = self.config.tau
@@ -145,6 +169,60 @@ class DQN:
             else:
                 for t, s in zip(self.target.parameters(), self.agent.model.parameters()):
                     t.lerp_(s, tau)
+
+    def _minibatches(self, n_updates: int) -> Iterator:
+        """Yield ``n_updates`` replay minibatches (torch, on the agent's device), one per update.
+
+        Uniform replay does not change during a training phase (the sampler's steps are appended
+        before it), so the phase's minibatches are drawn in one ``sample`` call per block of up to
+        ``_BLOCK_BYTES`` and handed out as slices: the same i.i.d. uniform draws, without a replay
+        call, a batch allocation and a torch conversion per update. Prioritized replay changes
+        after every update (new priorities), so it is sampled once per update. On CPU the numpy
+        block is allocated once and its torch views are made once (zero copy); a block is
+        overwritten only after all its minibatches were used (their backward passes are done).
+        """
+        cfg = self.config
+        size = cfg.batch_size
+        if cfg.prioritized:
+            per_block = 1
+        else:
+            if self._transition_bytes == 0:
+                batch = self.replay.batch_buffer(1)
+                self._transition_bytes = sum(x.nbytes for x in tree_leaves(batch))
+            per_block = max(1, min(n_updates, _BLOCK_BYTES // (size * self._transition_bytes)))
+        done = 0
+        while done < n_updates:
+            k = min(per_block, n_updates - done)
+            block = self._sample_block(k * size)
+            if k == 1:
+                yield block
+            else:
+                for i in range(k):
+                    yield block[i * size : (i + 1) * size]
+            done += k
+
+    def _sample_block(self, n: int):
+        """``n`` transitions from the replay as one torch batch on the agent's device."""
+        if self._block_numpy is None or len(self._block_numpy.indices) < n:
+            self._block_numpy = self.replay.batch_buffer(n)
+            self._block_torch = to_torch(self._block_numpy)
+        whole = len(self._block_numpy.indices) == n
+        out = self._block_numpy if whole else self._block_numpy[:n]
+        self.replay.sample(n, self.rng, out=out)
+        if self.agent.device.type != "cpu":
+            return to_torch(out, self.agent.device)
+        return self._block_torch if whole else self._block_torch[:n]
+
+    def _clip_gradients(self) -> None:
+        """grad *= min(1, max_norm / (||grad||_2 + 1e-6)) over all parameters at once: the
+        formula of ``torch.nn.utils.clip_grad_norm_``, in four foreach ops (its per-call
+        grouping by device and dtype costs more than the arithmetic at these sizes)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return
+        total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        scale = (self.config.max_grad_norm / (total_norm + 1e-6)).clamp_(max=1.0)
+        torch._foreach_mul_(grads, scale)
 
     def optimize(self, batch, progress: float) -> dict[str, float]:
         cfg, agent = self.config, self.agent
@@ -156,13 +234,18 @@ class DQN:
             agent.epsilon = linear_schedule(
                 cfg.eps_start, cfg.eps_final, 1, progress / max(cfg.eps_fraction, 1e-8)
             )
+        # The same keys in every call (NaN until there are updates): progress.csv takes its
+        # columns from the first row, which comes before learning starts.
         stats: dict[str, float] = {"epsilon": agent.epsilon}
-        if self.env_steps < cfg.learning_starts:
+        stats.update(dict.fromkeys(self.stat_names, math.nan))
+        if cfg.prioritized:
+            stats["per_beta"] = self.replay.beta
+        if self.env_steps < max(cfg.learning_starts, self._learning_resumes_at):
             return stats
         if cfg.prioritized:
             stats["per_beta"] = self.replay.anneal_beta(progress)
         self._update_credit += cfg.replay_ratio * batch.env_steps
-        n_updates = int(self._update_credit)
+        n_updates = int(self._update_credit + 1e-9)  # 3 * (4 / 3) is 3.9999...: still 4
         self._update_credit -= n_updates
         if (
             self.env_steps - self._last_target_step >= cfg.target_update_interval
@@ -170,33 +253,37 @@ class DQN:
         ):
             self._update_target()
             self._last_target_step = self.env_steps
-        losses, extra = [], {}
+        # Losses and stats stay tensors until the phase ends: one conversion per phase, not a
+        # host sync per update (which would stall a GPU every step).
+        losses: list[torch.Tensor] = []
+        extras: dict[str, list[torch.Tensor]] = {}
         agent.train_mode()
-        for _ in range(n_updates):
-            sample = to_torch(self.replay.sample(cfg.batch_size, self.rng), agent.device)
+        for sample in self._minibatches(n_updates):
             if cfg.noisy:
-                from asyncrl.models.noisy import reset_noise
-
                 reset_noise(agent.model)
                 reset_noise(self.target)
             per_sample, priorities, extra = self.loss(sample)
             loss = (per_sample * sample.weights).mean() if cfg.prioritized else per_sample.mean()
-            self.optimizer.zero_grad(set_to_none=True)
+            for p in self.params:  # zero_grad(set_to_none=True), without its per-call overhead
+                p.grad = None
             loss.backward()
             if cfg.max_grad_norm > 0:
-                nn.utils.clip_grad_norm_(agent.model.parameters(), cfg.max_grad_norm)
+                self._clip_gradients()
             self.optimizer.step()
             if cfg.prioritized:
                 self.replay.update_priorities(
                     sample.indices.cpu().numpy(), priorities.cpu().numpy()
                 )
-            losses.append(loss.item())
+            losses.append(loss.detach())
+            for k, v in extra.items():
+                extras.setdefault(k, []).append(v)
             self.updates += 1
         agent.eval_mode()
         agent.policy_version += 1
         if losses:
-            stats["loss"] = float(np.mean(losses))
-            stats.update(extra)
+            stats["loss"] = torch.stack(losses).mean().item()
+            for k, v in extras.items():
+                stats[k] = torch.stack(v).mean().item()
         return stats
 
     def state_dict(self) -> dict:
@@ -224,6 +311,21 @@ class DQN:
         self.agent.rng.bit_generator.state = s["agent_rng"]
         self.agent.epsilon = s["epsilon"]
         self._pending_replay_state = s.get("replay")
+        if self._pending_replay_state is None:
+            # Saved without its replay (save_replay = false): the buffer restarts empty, so wait
+            # for learning_starts new steps before updating, as at the start of a run.
+            self._learning_resumes_at = self.env_steps + self.config.learning_starts
+
+
+def _fused_adam_ok(device: torch.device) -> bool:
+    """Torch has fused Adam kernels for CPU and CUDA (torch >= 2.4 for CPU)."""
+    if device.type not in ("cpu", "cuda"):
+        return False
+    try:
+        torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _copy_module(module: nn.Module) -> nn.Module:
