@@ -78,7 +78,7 @@ async def worker_main(args) -> int:
     from asyncrl.algos import ALGOS
     from asyncrl.configs.config import config_from_dict
     from asyncrl.data import namedarraytuple, tree_map
-    from asyncrl.envs import VecEnv
+    from asyncrl.envs import make_vec_env
     from asyncrl.runtime import (
         AuthenticationFailed,
         BatchSender,
@@ -183,7 +183,7 @@ async def worker_main(args) -> int:
     starts = np.cumsum([0] + sizes[:-1])
     seed_base = cfg.seed + offset + int(meta.get("seed_offset", 0))
     envs = [
-        VecEnv(cfg.env, sizes[g], seed=seed_base + int(starts[g]), training=True)
+        make_vec_env(cfg.env, sizes[g], seed=seed_base + int(starts[g]), training=True)
         for g in range(groups)
     ]
     env0 = envs[0]

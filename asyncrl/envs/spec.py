@@ -46,6 +46,7 @@ class EnvSpec:
     terminal_on_life_loss: bool = True  # training only
     clip_reward: bool = True  # training only (sign of the reward)
     repeat_action_probability: float = 0.0  # DQN-paper setting; ALE v5 default is 0.25
+    backend: str = "auto"  # auto | gymnasium | native: vector-env backend (asyncrl/envs/native.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,14 +6,14 @@ Owns the [T, B] Samples buffer (allocated once, written in place); the loop is t
 from __future__ import annotations
 
 from asyncrl.data import buffer_from_example
-from asyncrl.envs import EnvSpec, VecEnv
+from asyncrl.envs import EnvSpec, make_vec_env
 from asyncrl.samplers.base import SampleBatch, Sampler, samples_example
 from asyncrl.samplers.collector import Collector
 
 
 class SerialSampler(Sampler):
     def __init__(self, env_spec: EnvSpec, num_envs: int, horizon: int, seed: int = 0):
-        self.env = VecEnv(env_spec, num_envs, seed=seed, training=True)
+        self.env = make_vec_env(env_spec, num_envs, seed=seed, training=True)
         self.num_envs, self.horizon = num_envs, horizon
         self.obs_space = self.env.observation_space
         self.action_space = self.env.action_space
