@@ -44,6 +44,7 @@ class DQNConfig:
     per_beta: float = 0.4  # initial importance-sampling exponent, annealed to 1
     frame_replay: bool = True  # image observations: store each frame once
     save_replay: bool = True  # include the replay contents in checkpoints (large on Atari)
+    replay_service: bool = False  # keep the replay store in its own process (workers/replay.py)
     eps_start: float = 1.0  # epsilon-greedy: initial epsilon
     eps_final: float = 0.01  # epsilon after the decay
     eps_fraction: float = 0.1  # fraction of the run over which epsilon decays
@@ -116,7 +117,16 @@ class DQN:
         n_envs = batch.samples.env.reward.shape[1]
         example = batch.samples[0, 0]
         frames = cfg.frame_replay and is_image_space(self.agent.obs_space)
-        if cfg.prioritized:
+        if cfg.replay_service:
+            from asyncrl.replay.service import ReplayService
+
+            kind = ("prioritized_" if cfg.prioritized else "") + ("frame" if frames else "")
+            kind = {"prioritized_": "prioritized", "": "uniform"}.get(kind, kind)
+            kwargs = {"discount": cfg.gamma, "n_step": cfg.n_step}
+            if cfg.prioritized:
+                kwargs.update(alpha=cfg.per_alpha, beta=cfg.per_beta)
+            replay = ReplayService(kind, example, cfg.buffer_size, n_envs, seed=self.seed, **kwargs)
+        elif cfg.prioritized:
             cls = PrioritizedFrameReplay if frames else PrioritizedReplay
             replay = cls(
                 example,
@@ -285,6 +295,11 @@ class DQN:
             for k, v in extras.items():
                 stats[k] = torch.stack(v).mean().item()
         return stats
+
+    def close(self) -> None:
+        """Stop a replay store process, if the replay runs as a service."""
+        if self.replay is not None and hasattr(self.replay, "close"):
+            self.replay.close()
 
     def state_dict(self) -> dict:
         s = {

@@ -90,6 +90,7 @@ class ReplayService:
         self._steps_written = 0
         example = to_numpy(as_transition(example_transition))
         example = Transition(*(np.asarray(x) if not hasattr(x, "_fields") else x for x in example))
+        self._example = example
         self._request(
             MsgType.REPLAY_CONFIG,
             example,
@@ -163,13 +164,37 @@ class ReplayService:
             meta["beta_progress"] = self._beta_progress
         return meta
 
-    def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> Any:
-        """A minibatch (the store's own seeded generator is used; ``rng`` is ignored)."""
+    def batch_buffer(self, batch_size: int) -> Any:
+        """A preallocated ReplaySample to pass as ``sample(..., out=)``."""
+        from asyncrl.data import buffer_from_example
+        from asyncrl.replay.uniform import ReplaySample
+
+        ex = self._example
+        return ReplaySample(
+            observation=buffer_from_example(ex.observation, batch_size),
+            action=buffer_from_example(ex.action, batch_size),
+            reward=np.zeros(batch_size, np.float32),
+            done_n=np.zeros(batch_size, bool),
+            discount=np.zeros(batch_size, np.float32),
+            next_observation=buffer_from_example(ex.observation, batch_size),
+            weights=np.zeros(batch_size, np.float32),
+            indices=np.zeros(batch_size, np.int64),
+        )
+
+    def sample(
+        self, batch_size: int, rng: np.random.Generator | None = None, out: Any = None
+    ) -> Any:
+        """A minibatch (the store's own seeded generator is used; ``rng`` is ignored); ``out``
+        (from ``batch_buffer``) is filled in place."""
         if not self._pending_sample:
             self._send(MsgType.REPLAY_SAMPLE, None, self._sample_meta(batch_size))
         self._pending_sample = False
         _, batch = self._recv(MsgType.REPLAY_BATCH)
-        batch = tree_map(np.array, batch)  # own the memory: frames are reused by ZeroMQ
+        if out is not None:
+            out[:] = batch  # copy out of the received frames
+            batch = out
+        else:
+            batch = tree_map(np.array, batch)  # own the memory: frames are reused by ZeroMQ
         if self.prefetch:
             self._send(MsgType.REPLAY_SAMPLE, None, self._sample_meta(batch_size))
             self._pending_sample = True

@@ -316,6 +316,8 @@ def train(
         finally:
             writer.close()
             sampler.close()
+            if hasattr(algo, "close"):
+                algo.close()  # e.g. a replay store process
             for sig, handler in prev_handlers.items():
                 if handler is not None:  # None: a handler not installed from Python
                     signal.signal(sig, handler)

@@ -100,3 +100,31 @@ def test_prefetch_returns_valid_batches_and_store_exits_with_parent_gone():
     assert (
         not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/status").read().find("zombie") >= 0
     )
+
+
+def test_dqn_with_the_replay_service_matches_in_process(tmp_path):
+    """The same seeded DQN run, replay in-process or in its own process: the same curve."""
+    import csv
+
+    import asyncrl
+
+    returns = []
+    for service in (False, True):
+        cfg = asyncrl.resolve_config(
+            "dqn",
+            "CartPole-v1",
+            sets=[
+                f"run_dir='{tmp_path / str(service)}'",
+                "log.progress=false",
+                "log.tensorboard=false",
+                "log.eval_every=-1",
+                "log.log_every_s=0",
+                "steps=2048",
+                "dqn.learning_starts=512",
+                f"dqn.replay_service={str(service).lower()}",
+            ],
+        )
+        result = asyncrl.train(cfg)
+        rows = list(csv.DictReader(open(result.run_dir / "progress.csv")))
+        returns.append([(r["env_steps"], r["return_mean"], r.get("loss")) for r in rows])
+    assert returns[0] == returns[1]
