@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from asyncrl.algos.optim import clip_grad_norm
 from asyncrl.algos.ppo import flatten_time_env
 from asyncrl.algos.returns import gae
 from asyncrl.data import to_torch
@@ -77,7 +78,7 @@ class A2C:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(agent.model.parameters(), cfg.max_grad_norm)
+            clip_grad_norm(list(agent.model.parameters()), cfg.max_grad_norm)
         self.optimizer.step()
         self.updates += 1
         agent.eval_mode()

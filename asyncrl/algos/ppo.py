@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from asyncrl.algos.optim import clip_grad_norm, make_adam
 from asyncrl.algos.returns import gae
 from asyncrl.data import to_torch, tree_map
 
@@ -44,9 +45,8 @@ def flatten_time_env(tree):
 class PPO:
     def __init__(self, agent, config: PPOConfig, seed: int = 0):
         self.agent, self.config = agent, config
-        self.optimizer = torch.optim.Adam(
-            agent.model.parameters(), lr=config.learning_rate, eps=config.adam_eps
-        )
+        self.params = list(agent.model.parameters())
+        self.optimizer = make_adam(self.params, config.learning_rate, config.adam_eps)
         self.generator = torch.Generator().manual_seed(seed)
         self.updates = 0
 
@@ -78,7 +78,9 @@ class PPO:
         ret_t = torch.from_numpy(ret.reshape(-1)).to(dev)
         n = adv_t.shape[0]
         mb_size = max(n // cfg.minibatches, 1)
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac")}
+        stats: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac")
+        }
         agent.train_mode()
         stop = False
         for _ in range(cfg.epochs):
@@ -101,26 +103,31 @@ class PPO:
                     v_clipped = old_value[idx] + (value - old_value[idx]).clamp(
                         -cfg.value_clip_range, cfg.value_clip_range
                     )
-                    value_loss = 0.5 * torch.max(
-                        (value - ret_t[idx]).pow(2), (v_clipped - ret_t[idx]).pow(2)
-                    ).mean()
+                    value_loss = (
+                        0.5
+                        * torch.max(
+                            (value - ret_t[idx]).pow(2), (v_clipped - ret_t[idx]).pow(2)
+                        ).mean()
+                    )
                 else:
                     value_loss = 0.5 * (value - ret_t[idx]).pow(2).mean()
                 loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(agent.model.parameters(), cfg.max_grad_norm)
+                    clip_grad_norm(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
                 self.updates += 1
                 with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean().item()  # Schulman's k3 estimator
+                    approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's k3 estimator
+                    clip_frac = ((ratio - 1).abs() > clip).float().mean()
+                    # Kept as tensors: one .item() per statistic per batch, not per minibatch.
                     stats["approx_kl"].append(approx_kl)
-                    stats["clip_frac"].append(((ratio - 1).abs() > clip).float().mean().item())
-                stats["policy_loss"].append(policy_loss.item())
-                stats["value_loss"].append(value_loss.item())
-                stats["entropy"].append(entropy.item())
-                if cfg.target_kl > 0 and approx_kl > 1.5 * cfg.target_kl:
+                    stats["clip_frac"].append(clip_frac)
+                    stats["policy_loss"].append(policy_loss.detach())
+                    stats["value_loss"].append(value_loss.detach())
+                    stats["entropy"].append(entropy.detach())
+                if cfg.target_kl > 0 and approx_kl.item() > 1.5 * cfg.target_kl:
                     stop = True
                     break
             if stop:
@@ -129,14 +136,21 @@ class PPO:
         agent.update_normalizer(obs)
         agent.policy_version += 1
         var_y = float(np.var(ret))
-        explained = float("nan") if var_y == 0 else 1.0 - float(np.var(ret - s.agent.agent_info.value)) / var_y
-        out = {k: float(np.mean(v)) for k, v in stats.items() if v}
+        explained = (
+            float("nan")
+            if var_y == 0
+            else 1.0 - float(np.var(ret - s.agent.agent_info.value)) / var_y
+        )
+        out = {k: torch.stack(v).mean().item() for k, v in stats.items() if v}
         out.update(learning_rate=lr, clip_range=clip, explained_variance=explained)
         return out
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "updates": self.updates,
-                "generator": self.generator.get_state()}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "updates": self.updates,
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

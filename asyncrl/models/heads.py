@@ -6,39 +6,43 @@ with ``sample``, ``mode``, ``log_prob`` (summed over action dims) and ``entropy`
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Categorical, Normal
+from torch.distributions import Categorical
 
 torch.distributions.Distribution.set_default_validate_args(False)  # hot path; inputs are ours
 
 
 class CategoricalDist:
-    """Categorical over logits; ``sample_from(u)`` is the Gumbel-max trick on uniforms ``u``."""
+    """Categorical over logits, computed directly from log-softmax (cheaper than building a
+    torch.distributions object per call); ``sample_from(u)`` is the Gumbel-max trick."""
 
     def __init__(self, logits: torch.Tensor):
-        self.dist = Categorical(logits=logits)
+        self.logits = logits
+        self.log_p = torch.log_softmax(logits, -1)
 
     def noise_shape(self) -> tuple[int, ...]:
-        return (self.dist.logits.shape[-1],)
+        return (self.logits.shape[-1],)
 
     def sample_from(self, uniform: torch.Tensor) -> torch.Tensor:
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-12, 1.0 - 1e-7)))
-        return (self.dist.logits + gumbel).argmax(-1)
+        return (self.log_p + gumbel).argmax(-1)
 
     def sample(self) -> torch.Tensor:
-        return self.dist.sample()
+        return self.sample_from(torch.rand_like(self.log_p))
 
     def mode(self) -> torch.Tensor:
-        return self.dist.logits.argmax(-1)
+        return self.logits.argmax(-1)
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
-        return self.dist.log_prob(action.long())
+        return self.log_p.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
 
     def entropy(self) -> torch.Tensor:
-        return self.dist.entropy()
+        return -(self.log_p.exp() * self.log_p).sum(-1)
 
 
 class MultiCategoricalDist:
@@ -71,26 +75,33 @@ class MultiCategoricalDist:
 
 
 class DiagGaussianDist:
+    """Diagonal Gaussian with a state-independent log-std; log-prob and entropy summed over
+    action dims, written out (no torch.distributions object per call)."""
+
+    _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
     def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
-        self.dist = Normal(mean, log_std.exp().expand_as(mean))
+        self.mean = mean
+        self.log_std = log_std.expand_as(mean)
 
     def noise_shape(self) -> tuple[int, ...]:
-        return (self.dist.mean.shape[-1],)
+        return (self.mean.shape[-1],)
 
     def sample_from(self, normal: torch.Tensor) -> torch.Tensor:
-        return self.dist.mean + self.dist.stddev * normal
+        return self.mean + self.log_std.exp() * normal
 
     def sample(self) -> torch.Tensor:
-        return self.dist.sample()
+        return self.sample_from(torch.randn_like(self.mean))
 
     def mode(self) -> torch.Tensor:
-        return self.dist.mean
+        return self.mean
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
-        return self.dist.log_prob(action).sum(-1)
+        z = (action - self.mean) * torch.exp(-self.log_std)
+        return (-0.5 * z * z - self.log_std - self._LOG_SQRT_2PI).sum(-1)
 
     def entropy(self) -> torch.Tensor:
-        return self.dist.entropy().sum(-1)
+        return (0.5 + self._LOG_SQRT_2PI + self.log_std).sum(-1)
 
 
 class PolicyHead(nn.Module):

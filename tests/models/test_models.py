@@ -56,7 +56,7 @@ def test_categorical_head():
     logits = head.linear(torch.zeros(1, 4))
     assert torch.allclose(logits, torch.zeros_like(logits))  # zero bias; small init
     assert dist.log_prob(a).shape == (5,) and dist.entropy().shape == (5,)
-    assert torch.equal(dist.mode(), dist.dist.logits.argmax(-1))
+    assert torch.equal(dist.mode(), dist.logits.argmax(-1))
 
 
 def test_multicategorical_head_sums_log_probs():
