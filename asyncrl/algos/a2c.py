@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from asyncrl.algos.optim import clip_grad_norm
-from asyncrl.algos.ppo import flatten_time_env
-from asyncrl.algos.returns import gae
-from asyncrl.data import to_torch
+from asyncrl.algos.pg_batch import annealed, pg_batch, set_learning_rate
 
 
 @dataclass
@@ -48,25 +45,11 @@ class A2C:
 
     def optimize(self, batch, progress: float) -> dict[str, float]:
         cfg, agent = self.config, self.agent
-        s = batch.samples
-        adv, ret = gae(
-            s.env.reward,
-            s.agent.agent_info.value,
-            s.env.terminated,
-            s.env.truncated,
-            s.env.env_info.timeout_value,
-            batch.bootstrap_value,
-            cfg.gamma,
-            cfg.gae_lambda,
-        )
-        lr = cfg.learning_rate * (1.0 - progress) if cfg.anneal_lr else cfg.learning_rate
-        for g in self.optimizer.param_groups:
-            g["lr"] = max(lr, 0.0)
-        dev = agent.device
-        obs = to_torch(flatten_time_env(s.env.observation), dev)
-        action = to_torch(flatten_time_env(s.agent.action), dev)
-        adv_t = torch.from_numpy(adv.reshape(-1)).to(dev)
-        ret_t = torch.from_numpy(ret.reshape(-1)).to(dev)
+        data = pg_batch(batch, cfg.gamma, cfg.gae_lambda, agent.device)
+        lr = annealed(cfg.learning_rate, progress, cfg.anneal_lr)
+        set_learning_rate(self.optimizer, lr)
+        obs, action = data.observation, data.action
+        adv_t, ret_t = data.advantage, data.returns
         if cfg.normalize_advantage and adv_t.numel() > 1:
             adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-8)
         agent.train_mode()
@@ -84,12 +67,7 @@ class A2C:
         agent.eval_mode()
         agent.update_normalizer(obs)
         agent.policy_version += 1
-        var_y = float(np.var(ret))
-        explained = (
-            float("nan")
-            if var_y == 0
-            else 1.0 - float(np.var(ret - s.agent.agent_info.value)) / var_y
-        )
+        explained = data.explained_variance
         return {
             "policy_loss": policy_loss.item(),
             "value_loss": value_loss.item(),

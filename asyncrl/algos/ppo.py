@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from asyncrl.algos.optim import clip_grad_norm, make_adam
-from asyncrl.algos.returns import gae
-from asyncrl.data import to_torch, tree_map
+from asyncrl.algos.pg_batch import annealed, pg_batch, set_learning_rate
+from asyncrl.data import tree_map
 
 
 @dataclass
@@ -37,11 +36,6 @@ class PPOConfig:
     target_kl: float = 0.0  # stop the epochs early above this approximate KL (0: off)
 
 
-def flatten_time_env(tree):
-    """[T, B, ...] -> [T*B, ...] on every leaf (views)."""
-    return tree_map(lambda x: x.reshape(x.shape[0] * x.shape[1], *x.shape[2:]), tree)
-
-
 class PPO:
     def __init__(self, agent, config: PPOConfig, seed: int = 0):
         self.agent, self.config = agent, config
@@ -53,29 +47,18 @@ class PPO:
     def optimize(self, batch, progress: float) -> dict[str, float]:
         """One PPO update on a SampleBatch; ``progress`` in [0, 1] drives lr annealing."""
         cfg, agent = self.config, self.agent
-        s = batch.samples
-        adv, ret = gae(
-            s.env.reward,
-            s.agent.agent_info.value,
-            s.env.terminated,
-            s.env.truncated,
-            s.env.env_info.timeout_value,
-            batch.bootstrap_value,
-            cfg.gamma,
-            cfg.gae_lambda,
-        )
-        lr = cfg.learning_rate * (1.0 - progress) if cfg.anneal_lr else cfg.learning_rate
-        for g in self.optimizer.param_groups:
-            g["lr"] = max(lr, 0.0)
-        clip = cfg.clip_range * (1.0 - progress) if cfg.anneal_clip_range else cfg.clip_range
-        clip = max(clip, 1e-8)
+        data = pg_batch(batch, cfg.gamma, cfg.gae_lambda, agent.device)
+        lr = annealed(cfg.learning_rate, progress, cfg.anneal_lr)
+        set_learning_rate(self.optimizer, lr)
+        clip = max(annealed(cfg.clip_range, progress, cfg.anneal_clip_range), 1e-8)
         dev = agent.device
-        obs = to_torch(flatten_time_env(s.env.observation), dev)
-        action = to_torch(flatten_time_env(s.agent.action), dev)
-        old_logp = torch.from_numpy(s.agent.agent_info.log_prob.reshape(-1)).to(dev)
-        old_value = torch.from_numpy(s.agent.agent_info.value.reshape(-1)).to(dev)
-        adv_t = torch.from_numpy(adv.reshape(-1)).to(dev)
-        ret_t = torch.from_numpy(ret.reshape(-1)).to(dev)
+        obs, action, old_logp, old_value = (
+            data.observation,
+            data.action,
+            data.old_log_prob,
+            data.old_value,
+        )
+        adv_t, ret_t = data.advantage, data.returns
         n = adv_t.shape[0]
         mb_size = max(n // cfg.minibatches, 1)
         stats: dict[str, list[torch.Tensor]] = {
@@ -135,12 +118,7 @@ class PPO:
         agent.eval_mode()
         agent.update_normalizer(obs)
         agent.policy_version += 1
-        var_y = float(np.var(ret))
-        explained = (
-            float("nan")
-            if var_y == 0
-            else 1.0 - float(np.var(ret - s.agent.agent_info.value)) / var_y
-        )
+        explained = data.explained_variance
         out = {k: torch.stack(v).mean().item() for k, v in stats.items() if v}
         out.update(learning_rate=lr, clip_range=clip, explained_variance=explained)
         return out
