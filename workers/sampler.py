@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import logging
 import os
 import signal
@@ -172,7 +173,14 @@ async def worker_main(args) -> int:
         int(meta["horizon"]),
         meta["mode"],
     )
-    torch.set_num_threads(max(1, int(meta.get("torch_threads", 1))))
+    threads = max(1, int(meta.get("torch_threads", 1)))
+    torch.set_num_threads(threads)
+    # Parallel mode steps envs and agent in a worker thread (the loop keeps answering
+    # heartbeats meanwhile). torch's thread count is per thread: set it there too, or a worker
+    # started without OMP_NUM_THREADS (``asyncrl worker``) spins one thread per core per op.
+    executor = concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix="collect", initializer=torch.set_num_threads, initargs=(threads,)
+    )
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     entry = ALGOS[cfg.algo]
@@ -229,9 +237,22 @@ async def worker_main(args) -> int:
         except (NotImplementedError, RuntimeError):
             pass
 
+    orphaned = False
+
     async def heartbeat():
+        nonlocal orphaned
         parent = args.parent_pid
         while not stop.is_set():
+            # Checked before sending: a send to a coordinator that is gone waits for its timeout.
+            if parent and not _alive(parent):
+                log.warning("parent %d is gone; exiting", parent)
+                orphaned = True
+                stop.set()
+                break
+            if time.monotonic() - last_heard > args.dead_after:
+                log.warning("coordinator silent for %.0f s; exiting", args.dead_after)
+                stop.set()
+                break
             try:
                 await send(
                     sock,
@@ -241,16 +262,10 @@ async def worker_main(args) -> int:
                         worker_id=worker_id,
                         meta={"steps": steps_done, "steps_per_s": rate},
                     ),
-                    timeout=5.0,
+                    timeout=max(args.heartbeat, 0.1),
                 )
             except Exception:  # noqa: BLE001 - coordinator gone or slow; the silence check decides
                 pass
-            if parent and not _alive(parent):
-                log.warning("parent %d is gone; exiting", parent)
-                stop.set()
-            if time.monotonic() - last_heard > args.dead_after:
-                log.warning("coordinator silent for %.0f s; exiting", args.dead_after)
-                stop.set()
             try:
                 await asyncio.wait_for(stop.wait(), args.heartbeat)
             except asyncio.TimeoutError:
@@ -310,7 +325,7 @@ async def worker_main(args) -> int:
         slot, tree = await sender.acquire(timeout=60.0)
         if mode == "parallel":
             final, boot, episodes = await loop.run_in_executor(
-                None, collector.collect, tree.samples
+                executor, collector.collect, tree.samples
             )
             returns, lengths = episodes.returns, episodes.lengths
             if boot is not None:
@@ -405,10 +420,13 @@ async def worker_main(args) -> int:
                     await task
                 except (asyncio.CancelledError, Exception):  # noqa: BLE001
                     pass
-        try:
-            await send(sock, Header(MsgType.BYE, run_id=run_id, worker_id=worker_id), timeout=1.0)
-        except Exception:  # noqa: BLE001
-            pass
+        if not orphaned:  # nobody to say goodbye to otherwise
+            try:
+                bye = Header(MsgType.BYE, run_id=run_id, worker_id=worker_id)
+                await send(sock, bye, timeout=1.0)
+            except Exception:  # noqa: BLE001
+                pass
+        executor.shutdown(wait=True, cancel_futures=True)  # a batch being stepped finishes first
         sender.close()
         for e in envs:
             e.close()

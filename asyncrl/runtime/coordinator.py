@@ -12,7 +12,10 @@ worker silent for ``worker_timeout_s`` (or whose local process exited) is declar
 in-flight batch is dropped and re-requested from its replacement (local workers are restarted
 in the same slot) or left out of the batch (remote workers). Local workers connect over ipc
 without keys; remote workers connect to ``bind`` over TCP, with CURVE when a key directory is
-given (an unknown key is refused by the ZAP handler and logged).
+given (an unknown key is refused by the ZAP handler and logged; a peer without CURVE or with
+another server key fails the handshake, which a socket monitor counts and logs).
+Local workers run in their own session (process group), so a terminal's Ctrl-C reaches the
+training process only, which then stops them; they exit by themselves if it dies.
 
 Structured concurrency: every task belongs to the loop's task set and is cancelled on stop();
 sockets have timeouts (see transport.SocketOptions); stop() sends STOP, waits, then kills.
@@ -152,6 +155,12 @@ class Coordinator:
 
     # ------------------------------------------------------------------ life cycle (caller)
     def start(self, timeout: float = 30.0) -> None:
+        # Central inference runs the agent on the loop's thread. torch's intra-op thread count
+        # is per thread (OpenMP's setting is thread-local): a new thread would use one thread
+        # per core whatever the caller set, and on a busy machine each tiny forward pass then
+        # costs milliseconds of spinning. Give the loop thread the caller's setting.
+        torch = sys.modules.get("torch")
+        self._inference_threads = torch.get_num_threads() if torch is not None else 0
         self._thread = threading.Thread(
             target=self._thread_main, name="asyncrl-coordinator", daemon=True
         )
@@ -164,6 +173,8 @@ class Coordinator:
             self._spawn_local(slot)
 
     def _thread_main(self) -> None:
+        if self._inference_threads:
+            sys.modules["torch"].set_num_threads(self._inference_threads)
         install_event_loop()
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
@@ -264,8 +275,44 @@ class Coordinator:
         self._spawn_task(self._reader(self.local_sock, "local"))
         if self.remote_sock is not None:
             self._spawn_task(self._reader(self.remote_sock, "remote"))
+            if self._authenticator is not None:
+                self._spawn_task(self._watch_handshakes(self.remote_sock))
         self._spawn_task(self._monitor())
         self._spawn_task(self._inference())
+
+    async def _watch_handshakes(self, sock) -> None:
+        """Count (and log) connections refused during the CURVE handshake. The ZAP handler
+        logs an unknown key itself; a peer without CURVE or with the wrong server key fails
+        before ZAP is asked, and only this monitor sees it."""
+        from zmq.utils.monitor import parse_monitor_message
+
+        events = (
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        )
+        monitor = sock.get_monitor_socket(events)
+        last_logged = -1e9
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())
+                self.refused_workers += 1
+                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    continue  # logged by the ZAP handler, with the key
+                now = time.monotonic()
+                if now - last_logged >= 60.0:  # a peer retrying is logged once a minute
+                    last_logged = now
+                    log.warning(
+                        "refused a connection to %s: CURVE handshake failed (a worker without "
+                        "keys, or with another coordinator's server.key)",
+                        self.remote_endpoint,
+                    )
+        finally:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            monitor.close(linger=0)
 
     def _spawn_task(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -324,7 +371,15 @@ class Coordinator:
         # Make the workers package importable however this process was started.
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.processes[slot] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        # Its own session (process group): Ctrl-C in a terminal signals the whole foreground
+        # group, and workers that quit on their own mid-batch would be restarted while the
+        # run is stopping. The training process stops them (STOP, then kill); they also exit
+        # when it dies (--parent-pid).
+        if os.name == "posix":
+            group = {"start_new_session": True}
+        else:  # pragma: no cover - Windows
+            group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        self.processes[slot] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, **group)
 
     def kill_local(self, slot: int, sig: int = 9) -> int:
         """Send ``sig`` to local worker ``slot`` (tests and fault drills); returns its pid."""

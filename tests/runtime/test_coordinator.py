@@ -1,0 +1,237 @@
+"""The coordinator on its own, with hand-driven peers (raw ZeroMQ DEALERs standing in for
+workers): registration and refusals, central inference with greedy batching, stale and foreign
+batches, the status line; and the embedding example run as a user would run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from asyncrl.data import namedarraytuple
+from asyncrl.logging.checkpoint import list_checkpoints
+from asyncrl.runtime.coordinator import Coordinator
+from asyncrl.runtime.protocol import Header, MsgType, decode, encode
+from tests.runtime._runtime_helpers import (
+    ROOT,
+    cli_env,
+    no_leftovers,  # noqa: F401 - module fixture: no process or shm segment remains
+    wait_until,
+)
+
+Info = namedarraytuple("Info", ["value", "log_prob"])
+ActRequest = namedarraytuple("ActRequest", ["observation", "env_ids"])
+Batch = namedarraytuple("Batch", ["reward"])
+
+
+class FakeAgent:
+    """Acts env_id * 10; the first call dawdles so that requests pile up behind it."""
+
+    policy_version = 3
+
+    def __init__(self, first_call_s: float = 0.5):
+        self.calls: list[list[int]] = []
+        self.first_call_s = first_call_s
+
+    def step(self, obs, env_ids):
+        if not self.calls:
+            time.sleep(self.first_call_s)
+        self.calls.append(sorted(int(i) for i in env_ids))
+        n = len(env_ids)
+        return np.asarray(env_ids, np.int64) * 10, Info(
+            obs.sum(1).astype(np.float32), np.full(n, -0.5, np.float32)
+        )
+
+    def value(self, obs):
+        return obs.sum(1)
+
+
+@pytest.fixture
+def make_coordinator(monkeypatch):
+    """A started coordinator whose local slots are filled by hand (no worker processes)."""
+    monkeypatch.setattr(Coordinator, "_spawn_local", lambda self, slot: None)
+    made = []
+
+    def make(**kwargs):
+        options = dict(
+            mode="central",
+            horizon=4,
+            local_workers=2,
+            envs_per_worker=2,
+            worker_timeout_s=60.0,
+            info_example=Info(np.zeros((), np.float32), np.zeros((), np.float32)),
+        )
+        options.update(kwargs)
+        coord = Coordinator({"algo": "fake"}, **options)
+        coord.start()
+        made.append(coord)
+        return coord
+
+    yield make
+    for coord in made:
+        coord.stop()
+
+
+@pytest.fixture
+def zctx():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+def _peer(ctx, endpoint: str, identity: str):
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.identity = identity.encode()
+    sock.connect(endpoint)
+    return sock
+
+
+def _recv(sock, timeout_s: float = 10.0, skip=(MsgType.HEARTBEAT,)):
+    deadline = time.monotonic() + timeout_s
+    while sock.poll(max(0.0, deadline - time.monotonic()) * 1000):
+        header, tree = decode(sock.recv_multipart(copy=False))
+        if header.type not in skip:
+            return header, tree
+    raise AssertionError("no answer from the coordinator")
+
+
+def _register(ctx, coord, slot: int):
+    sock = _peer(ctx, coord.local_endpoint, f"fake-{slot}")
+    sock.send_multipart(
+        encode(Header(MsgType.REGISTER, worker_id=f"fake-{slot}", meta={"slot": slot}))
+    )
+    header, _ = _recv(sock)
+    assert header.type == MsgType.REGISTERED, header
+    assert header.meta["env_offset"] == 2 * slot and header.meta["num_envs"] == 2
+    assert header.meta["path"] == "frames"  # no locality probe, no shared memory
+    return sock, header.run_id
+
+
+def test_central_inference_batches_waiting_requests_and_answers_each_worker(make_coordinator, zctx):
+    agent = FakeAgent()
+    coord = make_coordinator()
+    coord.serve(agent)
+    socks = [_register(zctx, coord, slot)[0] for slot in (0, 1)]
+    run_id = coord.run_id
+
+    def ask(sock, seq, ids):
+        obs = np.tile(np.asarray(ids, np.float32)[:, None], (1, 4))
+        header = Header(MsgType.ACT_REQUEST, run_id=run_id, seq=seq, meta={"what": "act"})
+        sock.send_multipart(encode(header, ActRequest(obs, np.asarray(ids, np.int64))))
+
+    ask(socks[0], 1, [0, 1])  # answered alone, slowly ...
+    time.sleep(0.1)
+    ask(socks[0], 2, [0, 1])  # ... while these three wait: one batched call answers them
+    ask(socks[1], 1, [2, 3])
+    ask(socks[1], 2, [2, 3])
+    answers = {0: [], 1: []}
+    for w, sock in enumerate(socks):
+        for _ in range(2):
+            header, tree = _recv(sock)
+            assert header.type == MsgType.ACT_REPLY and header.policy_version == 3
+            answers[w].append((header.seq, tree.action.tolist(), tree.agent_info.value.tolist()))
+    assert sorted(answers[0]) == [(1, [0, 10], [0.0, 4.0]), (2, [0, 10], [0.0, 4.0])]
+    assert sorted(answers[1]) == [(1, [20, 30], [8.0, 12.0]), (2, [20, 30], [8.0, 12.0])]
+    assert agent.calls == [[0, 1], [0, 1, 2, 2, 3, 3]]  # greedy batching
+    assert coord.dropped_messages == 0
+
+
+def test_samples_are_delivered_once_and_stale_or_foreign_ones_dropped(make_coordinator, zctx):
+    coord = make_coordinator(mode="parallel")
+    socks, run_ids = zip(*[_register(zctx, coord, slot) for slot in (0, 1)])
+    delivered = []
+
+    def deliver(d):
+        delivered.append((d.worker.slot, d.tree.reward.copy()))
+
+    coord.call(_start_sample(coord, deliver), timeout=10)  # the round goes on in the loop
+    # Both workers are asked for batch 1 (parameters are sent with the request).
+    for sock in socks:
+        header, _ = _recv(sock)
+        assert header.type == MsgType.PARAMS and header.meta["sample"] == 1
+    batch = Batch(np.ones((4, 2), np.float32))
+    stale = Header(MsgType.SAMPLES, run_id=run_ids[0], seq=0)
+    foreign = Header(MsgType.SAMPLES, run_id="another-run", seq=1)
+    socks[0].send_multipart(encode(stale, batch))
+    socks[0].send_multipart(encode(foreign, batch))
+    assert wait_until(lambda: coord.dropped_messages == 2, 10), coord.dropped_messages
+    socks[0].send_multipart(encode(Header(MsgType.SAMPLES, run_id=run_ids[0], seq=1), batch))
+    socks[0].send_multipart(encode(Header(MsgType.SAMPLES, run_id=run_ids[0], seq=1), batch))
+    socks[1].send_multipart(
+        encode(Header(MsgType.SAMPLES, run_id=run_ids[1], seq=1), Batch(2 * batch.reward))
+    )
+    assert wait_until(lambda: coord._itr is None, 10), "the round did not finish"
+    assert sorted(s for s, _ in delivered) == [0, 1]  # the duplicate is not delivered twice
+    assert coord.dropped_messages == 3
+    assert coord.lost_batches == 0
+
+
+async def _start_sample(coord, deliver):
+    asyncio.get_running_loop().create_task(
+        coord.sample(1, None, None, 0, deliver, min_workers=2, timeout=10)
+    )
+
+
+@pytest.mark.parametrize(
+    "mode, allow, reason",
+    [
+        ("central", True, "parallel-mode runs only"),
+        ("parallel", False, "local workers only"),
+    ],
+)
+def test_remote_workers_are_refused_where_they_cannot_join(
+    make_coordinator, zctx, mode, allow, reason
+):
+    coord = make_coordinator(mode=mode, allow_remote_sizes=allow, bind="tcp://127.0.0.1:*")
+    sock = _peer(zctx, coord.remote_endpoint, "visitor")
+    sock.send_multipart(encode(Header(MsgType.REGISTER, worker_id="visitor", meta={"envs": 2})))
+    header, _ = _recv(sock)
+    assert header.type == MsgType.REFUSED and reason in header.meta["reason"]
+    assert coord.refused_workers == 1 and not coord.alive_workers()
+
+
+def test_status_names_the_workers_and_their_rate(make_coordinator, zctx):
+    coord = make_coordinator(mode="parallel")
+    socks, run_ids = zip(*[_register(zctx, coord, slot) for slot in (0, 1)])
+    for sock, run_id, rate in zip(socks, run_ids, (1000.0, 500.0)):
+        meta = {"steps": 4096, "steps_per_s": rate}
+        sock.send_multipart(encode(Header(MsgType.HEARTBEAT, run_id=run_id, meta=meta)))
+    assert wait_until(lambda: "1,500 steps/s" in coord.status(), 10), coord.status()
+    assert coord.status().startswith("workers 2")
+    # A worker that says goodbye is gone from the status (and, being local, restarted).
+    socks[1].send_multipart(encode(Header(MsgType.BYE, run_id=run_ids[1])))
+    assert wait_until(lambda: coord.status().startswith("workers 1 (1,000 steps/s"), 10)
+    assert coord.restarts == {1: 1}
+
+
+# ------------------------------------------------------------------------------- embedding
+
+
+def test_the_embedding_example_runs(tmp_path):
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "embed_runtime.py"),
+            "--steps",
+            "2048",
+            "--run-dir",
+            str(run_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+        cwd=tmp_path,  # as a user would run it: not from the repository root
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "trained 2048 env steps in parallel mode" in out.stdout, out.stdout
+    assert "greedy episode return" in out.stdout
+    assert list_checkpoints(run_dir)
