@@ -4,15 +4,29 @@ sampler batch to a replay buffer, hold the replay ratio (gradient updates per en
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from asyncrl.data import to_torch
+from asyncrl.models.qpg import cpu_matmul_context
+
+# Layers whose forward depends on train()/eval(); the actors here are MLPs without them.
+_MODE_DEPENDENT = (
+    torch.nn.modules.dropout._DropoutNd,
+    torch.nn.modules.batchnorm._BatchNorm,
+    torch.nn.modules.instancenorm._InstanceNorm,
+)
 
 
 class ReplayLearner:
     """Subclasses set ``self.config`` (with buffer_size, gamma, n_step, batch_size,
-    learning_starts, replay_ratio, save_replay) and implement ``update(sample) -> dict``."""
+    learning_starts, replay_ratio, save_replay, onednn_matmul), name their statistics in
+    ``stat_names`` and implement ``update(sample) -> dict`` returning 0-d tensors (no host sync
+    per update)."""
+
+    stat_names: tuple[str, ...] = ()
 
     def __init__(self, agent, config, seed: int = 0):
         self.agent, self.config, self.seed = agent, config, seed
@@ -22,6 +36,10 @@ class ReplayLearner:
         self.env_steps = 0
         self.updates = 0
         self._update_credit = 0.0
+        self._batch_numpy = None  # the reused replay minibatch (numpy) and its torch views
+        self._batch_torch = None
+        self._last_stats: dict[str, float] = {}  # latest value of each statistic
+        self._mode_dependent: bool | None = None  # does the actor behave differently in train()?
 
     def _make_replay(self, batch):
         from asyncrl.replay import UniformReplay
@@ -54,24 +72,56 @@ class ReplayLearner:
         if hasattr(agent, "on_episode_end") and done.any():
             agent.on_episode_end(done)
         if self.env_steps < cfg.learning_starts:
-            return {}
+            return self._stats()
         agent.random_actions = False
         self._update_credit += cfg.replay_ratio * batch.env_steps
         n_updates = int(self._update_credit)
         self._update_credit -= n_updates
-        stats: dict[str, list[float]] = {}
-        agent.train_mode()
-        for _ in range(n_updates):
-            sample = to_torch(self.replay.sample(cfg.batch_size, self.rng), agent.device)
-            for k, v in self.update(sample).items():
-                stats.setdefault(k, []).append(v)
-            self.updates += 1
-        agent.eval_mode()
+        if n_updates == 0:
+            return self._stats()
+        stats: dict[str, list[torch.Tensor]] = {}
+        if self._mode_dependent is None:
+            self._mode_dependent = any(
+                isinstance(m, _MODE_DEPENDENT) for m in agent.model.modules()
+            )
+        if self._mode_dependent:  # walking the modules costs ~0.1 ms: only when it matters
+            agent.train_mode()
+        with cpu_matmul_context(getattr(cfg, "onednn_matmul", True), agent.device):
+            for _ in range(n_updates):
+                for k, v in self.update(self._sample()).items():
+                    stats.setdefault(k, []).append(v)
+                self.updates += 1
+        if self._mode_dependent:
+            agent.eval_mode()
         agent.policy_version += 1
-        return {
-            k: float(np.mean([x.item() if isinstance(x, torch.Tensor) else x for x in v]))
-            for k, v in stats.items()
-        }
+        if stats:
+            # Losses stay tensors during the updates; one host sync here for all of them.
+            means = [
+                torch.stack([torch.as_tensor(x) for x in v]).float().mean() for v in stats.values()
+            ]
+            self._last_stats.update(zip(stats, torch.stack(means).tolist()))
+        return self._stats()
+
+    def _stats(self) -> dict[str, float]:
+        # Every call returns the same keys, so progress.csv (whose columns its first row fixes)
+        # has a column per statistic from the start: NaN before the first update, and for a
+        # statistic this call's updates did not produce (TD3's delayed actor loss) its latest.
+        return {**dict.fromkeys(self.stat_names, math.nan), **self._last_stats}
+
+    def _sample(self):
+        """A replay minibatch as torch tensors on the agent's device.
+
+        The numpy batch is allocated once and filled in place; on CPU its torch views are made
+        once too (zero copy), so a sample costs only the gathers."""
+        cfg = self.config
+        if self._batch_numpy is None:
+            self._batch_numpy = self.replay.batch_buffer(cfg.batch_size)
+            if self.agent.device.type == "cpu":
+                self._batch_torch = to_torch(self._batch_numpy)
+        self.replay.sample(cfg.batch_size, self.rng, out=self._batch_numpy)
+        if self._batch_torch is not None:
+            return self._batch_torch
+        return to_torch(self._batch_numpy, self.agent.device)
 
     # -- checkpoints ---------------------------------------------------------------------
     def learner_state(self) -> dict:  # subclasses add networks and optimizers
@@ -115,3 +165,9 @@ def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     for p in target.parameters():
         p.requires_grad_(False)
     return target
+
+
+def adam(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with the fused kernel (one kernel for all parameters instead of ~10 ops per
+    parameter tensor: 0.27 -> 0.10 ms per critic step on CPU); the same update rule."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)

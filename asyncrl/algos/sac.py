@@ -4,12 +4,13 @@ entropy (default -|A|) or a fixed alpha, Polyak-averaged target critics. Owns th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from asyncrl.agents.qpg import QpgAgent
-from asyncrl.algos.offpolicy import ReplayLearner, frozen_copy
+from asyncrl.algos.offpolicy import ReplayLearner, adam, frozen_copy
 from asyncrl.models.qpg import EnsembleQ, polyak_update
 
 
@@ -29,6 +30,7 @@ class SACConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])  # actor and critics
     activation: str = "relu"
     save_replay: bool = True  # include the replay contents in checkpoints
+    onednn_matmul: bool = True  # CPU: updates use oneDNN's fp32 matmuls where exact (models/qpg)
 
 
 def make_sac_agent(obs_space, action_space, model_config, device, cfg: SACConfig) -> QpgAgent:
@@ -45,6 +47,8 @@ def make_sac_agent(obs_space, action_space, model_config, device, cfg: SACConfig
 
 
 class SAC(ReplayLearner):
+    stat_names = ("critic_loss", "actor_loss", "alpha", "entropy")
+
     def __init__(self, agent: QpgAgent, config: SACConfig, seed: int = 0):
         super().__init__(agent, config, seed)
         obs_dim = agent.flatten.output_size
@@ -52,52 +56,56 @@ class SAC(ReplayLearner):
             obs_dim, agent.action_dim, config.hidden_sizes, 2, config.activation
         ).to(agent.device)
         self.critic_target = frozen_copy(self.critic)
-        self.actor_opt = torch.optim.Adam(agent.model.parameters(), lr=config.learning_rate)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.learning_rate)
+        self.actor_params = list(agent.model.parameters())
+        self.critic_params = list(self.critic.parameters())
+        self.critic_target_params = list(self.critic_target.parameters())
+        self.actor_opt = adam(self.actor_params, config.learning_rate)
+        self.critic_opt = adam(self.critic_params, config.learning_rate)
         self.target_entropy = config.target_entropy or -float(agent.action_dim)
         self.log_alpha = torch.tensor(
-            float(torch.tensor(config.alpha).log()), device=agent.device, requires_grad=True
+            math.log(config.alpha), device=agent.device, requires_grad=True
         )
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=config.learning_rate)
+        self.alpha_opt = adam([self.log_alpha], config.learning_rate)
 
     def update(self, s) -> dict:
         cfg, agent = self.config, self.agent
         obs = agent.features(s.observation)
         next_obs = agent.features(s.next_observation)
         action = agent.from_env(s.action)
-        alpha = self.log_alpha.exp().detach()
+        alpha = self.log_alpha.detach().exp()
         with torch.no_grad():
             next_a, next_logp = agent.model(next_obs)
             next_q = self.critic_target(next_obs, next_a).min(0).values - alpha * next_logp
             target = s.reward + s.discount * next_q
-        q = self.critic(obs, action)  # [2, N]
+        q = self.critic(obs, action)  # [2, N]: both critics in one batched pass
         critic_loss = 0.5 * (q - target.unsqueeze(0)).pow(2).mean(1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
 
-        self.critic.requires_grad_(False)
+        # The actor's gradient flows through the (just updated) critics to the action; asking
+        # backward for the actor's parameters only skips the critics' weight gradients.
         a, logp = agent.model(obs)
         q_pi = self.critic(obs, a).min(0).values
         actor_loss = (alpha * logp - q_pi).mean()
         self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        actor_loss.backward(inputs=self.actor_params)
         self.actor_opt.step()
-        self.critic.requires_grad_(True)
 
-        out = {
-            "critic_loss": critic_loss.detach(),
-            "actor_loss": actor_loss.detach(),
-            "alpha": alpha,
-            "entropy": -logp.detach().mean(),
-        }
+        logp = logp.detach()
         if cfg.auto_alpha:
-            alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            # J(alpha) = E[-alpha (log pi + H_target)] (Haarnoja et al. 2018b, eq. 18), on log alpha.
+            alpha_loss = -(self.log_alpha * (logp + self.target_entropy)).mean()
             self.alpha_opt.zero_grad(set_to_none=True)
             alpha_loss.backward()
             self.alpha_opt.step()
-        polyak_update(self.critic_target, self.critic, cfg.tau)
-        return out
+        polyak_update(self.critic_target_params, self.critic_params, cfg.tau)
+        return {
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "alpha": alpha,
+            "entropy": -logp.mean(),
+        }
 
     def learner_state(self) -> dict:
         return {

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from asyncrl.agents.qpg import QpgAgent
-from asyncrl.algos.offpolicy import ReplayLearner, frozen_copy
+from asyncrl.algos.offpolicy import ReplayLearner, adam, frozen_copy
 from asyncrl.models.qpg import EnsembleQ, polyak_update
 
 
@@ -31,6 +31,7 @@ class TD3Config:
     hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
     activation: str = "relu"
     save_replay: bool = True  # include the replay contents in checkpoints
+    onednn_matmul: bool = True  # CPU: updates use oneDNN's fp32 matmuls where exact (models/qpg)
 
 
 def make_td3_agent(obs_space, action_space, model_config, device, cfg) -> QpgAgent:
@@ -53,6 +54,7 @@ def make_td3_agent(obs_space, action_space, model_config, device, cfg) -> QpgAge
 class TD3(ReplayLearner):
     critics = 2
     smoothing = True
+    stat_names = ("critic_loss", "q_mean", "actor_loss")
 
     def __init__(self, agent: QpgAgent, config: TD3Config, seed: int = 0):
         super().__init__(agent, config, seed)
@@ -62,10 +64,17 @@ class TD3(ReplayLearner):
         ).to(agent.device)
         self.critic_target = frozen_copy(self.critic)
         self.actor_target = frozen_copy(agent.model)
-        self.actor_opt = torch.optim.Adam(agent.model.parameters(), lr=config.actor_lr)
-        self.critic_opt = torch.optim.Adam(
-            self.critic.parameters(),
-            lr=config.critic_lr,
+        self.actor_params = list(agent.model.parameters())
+        self.critic_params = list(self.critic.parameters())
+        # One list of (target, online) tensors: both Polyak updates in one fused call.
+        self.target_params = list(self.critic_target.parameters()) + list(
+            self.actor_target.parameters()
+        )
+        self.online_params = self.critic_params + self.actor_params
+        self.actor_opt = adam(self.actor_params, config.actor_lr)
+        self.critic_opt = adam(
+            self.critic_params,
+            config.critic_lr,
             weight_decay=getattr(config, "critic_weight_decay", 0.0),
         )
         self.critic_updates = 0
@@ -85,7 +94,7 @@ class TD3(ReplayLearner):
                 next_a = (next_a + noise).clamp(-1.0, 1.0)
             next_q = self.critic_target(next_obs, next_a).min(0).values
             target = s.reward + s.discount * next_q
-        q = self.critic(obs, action)
+        q = self.critic(obs, action)  # [critics, N] in one batched pass
         critic_loss = 0.5 * (q - target.unsqueeze(0)).pow(2).mean(1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -93,15 +102,14 @@ class TD3(ReplayLearner):
         self.critic_updates += 1
         out = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
         if self.critic_updates % cfg.policy_delay == 0:
-            self.critic.requires_grad_(False)
-            actor_loss = -self.critic(obs, agent.model(obs))[0].mean()
+            # Deterministic policy gradient through Q_1 only (Fujimoto et al. 2018, alg. 1);
+            # backward for the actor's parameters only skips the critic's weight gradients.
+            actor_loss = -self.critic.member(obs, agent.model(obs), 0).mean()
             self.actor_opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
+            actor_loss.backward(inputs=self.actor_params)
             self.actor_opt.step()
-            self.critic.requires_grad_(True)
             self.actor_updates += 1
-            polyak_update(self.critic_target, self.critic, cfg.tau)
-            polyak_update(self.actor_target, agent.model, cfg.tau)
+            polyak_update(self.target_params, self.online_params, cfg.tau)
             out["actor_loss"] = actor_loss.detach()
         return out
 
