@@ -725,9 +725,18 @@ class Coordinator:
         if tree is None:
             raise ProtocolError("SAMPLES without arrays")
         final = self._finals.pop(worker.peer, [])
-        self._deliver(
-            Delivery(worker, tree, header.meta if isinstance(header.meta, dict) else {}, final)
-        )
+        meta = header.meta if isinstance(header.meta, dict) else {}
+        try:
+            self._deliver(Delivery(worker, tree, meta, final))
+        except Exception as e:  # noqa: BLE001 - a batch that does not fit: drop it, not the run
+            self.dropped_messages += 1
+            log.warning(
+                "dropped a malformed batch from %r: %s: %s", worker.peer, type(e).__name__, e
+            )
+            # Its batch is lost; a local worker is replaced (and asked again), a remote one
+            # is forgotten (told so if it speaks again) and the batch goes on without it.
+            self._declare_dead(worker, "sent a malformed batch")
+            return
         self._delivered += 1
         self._itr_expected.discard(worker.peer)
         self._itr_slots_pending.discard(worker.slot)

@@ -123,19 +123,25 @@ class RuntimeSampler(Sampler):
         lengths: list[int] = []
         finals: list = []
 
+        local_slots: set[int] = set()
+
         def deliver(d: Delivery) -> None:
             w = d.worker
+            # Check the whole batch before writing any of it: a malformed one (raising here,
+            # so the coordinator drops it and lets the worker go) must not leave half-written
+            # columns behind.
+            sources = self._check_batch(d.tree, w.num_envs, d.final)
             if w.local:
                 col = w.env_offset
+                local_slots.add(w.slot)
             else:
                 col = remote_cols[0]
                 remote_cols[0] += w.num_envs
                 self._ensure_capacity(remote_cols[0])
             cols = slice(col, col + w.num_envs)
-            batch = d.tree
-            for dst, src in zip(tree_leaves(self.buf), tree_leaves(batch.samples), strict=True):
+            for dst, src in zip(tree_leaves(self.buf), sources):
                 dst[:, cols] = src
-            self.bootstrap[cols] = batch.bootstrap_value
+            self.bootstrap[cols] = d.tree.bootstrap_value
             returns.extend(float(r) for r in d.meta.get("returns", []))
             lengths.extend(int(n) for n in d.meta.get("lengths", []))
             finals.extend((t, col + b, o) for t, b, o in d.final)
@@ -155,6 +161,12 @@ class RuntimeSampler(Sampler):
         )
         if delivered == 0:
             raise RuntimeError("no worker delivered a batch")
+        missing = set(range(self.local_workers)) - local_slots
+        if missing:  # their columns would hold the previous batch: never hand that out
+            raise RuntimeError(
+                f"local worker(s) {sorted(missing)} delivered no batch (they kept failing; "
+                "see the log)"
+            )
         width = max(remote_cols[0], self.num_envs)
         samples = self.buf if width == self._capacity else self.buf[:, :width]
         finals.sort(key=lambda x: (x[0], x[1]))
@@ -167,6 +179,29 @@ class RuntimeSampler(Sampler):
             episodes=EpisodeStats(returns, lengths),
             env_steps=env_steps,
         )
+
+    def _check_batch(self, tree, num_envs: int, final) -> list:
+        """The leaves of a worker's batch if it fits its [T, num_envs] columns exactly."""
+        try:
+            sources = tree_leaves(tree.samples)
+            boot = np.asarray(tree.bootstrap_value)
+        except AttributeError:
+            raise ValueError("not a worker batch (samples, bootstrap_value)") from None
+        targets = tree_leaves(self.buf)
+        if len(sources) != len(targets):
+            raise ValueError(f"{len(sources)} arrays, the Samples layout has {len(targets)}")
+        for dst, src in zip(targets, sources):
+            want = (self.horizon, num_envs, *dst.shape[2:])
+            if src.shape != want or src.dtype != dst.dtype:
+                raise ValueError(
+                    f"array {src.dtype}{list(src.shape)} where {dst.dtype}{list(want)} belongs"
+                )
+        if boot.shape != (num_envs,):
+            raise ValueError(f"bootstrap_value of shape {boot.shape}, expected ({num_envs},)")
+        for t, b, _ in final:
+            if not (0 <= t < self.horizon and 0 <= b < num_envs):
+                raise ValueError(f"final observation at ({t}, {b}) outside the batch")
+        return sources
 
     def status(self) -> str:
         return self.coordinator.status() if self.coordinator is not None else ""

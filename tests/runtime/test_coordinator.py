@@ -173,6 +173,40 @@ def test_samples_are_delivered_once_and_stale_or_foreign_ones_dropped(make_coord
     assert coord.lost_batches == 0
 
 
+def test_a_malformed_batch_is_dropped_and_its_worker_replaced(make_coordinator, zctx):
+    """A batch the sampler cannot take (here: wrong shape) costs the worker its place, not the
+    run: it is declared dead (a local one restarted), and the replacement is asked again."""
+    coord = make_coordinator(mode="parallel")
+    socks, run_ids = zip(*[_register(zctx, coord, slot) for slot in (0, 1)])
+    delivered = []
+
+    def deliver(d):
+        if d.tree.reward.shape != (4, 2):
+            raise ValueError(f"reward of shape {d.tree.reward.shape}")
+        delivered.append(d.worker.peer)
+
+    coord.call(_start_sample(coord, deliver), timeout=10)
+    for sock in socks:
+        assert _recv(sock)[0].type == MsgType.PARAMS
+    bad = Batch(np.ones((3, 2), np.float32))
+    socks[0].send_multipart(encode(Header(MsgType.SAMPLES, run_id=run_ids[0], seq=1), bad))
+    good = Batch(np.ones((4, 2), np.float32))
+    socks[1].send_multipart(encode(Header(MsgType.SAMPLES, run_id=run_ids[1], seq=1), good))
+    assert wait_until(lambda: coord.restarts == {0: 1}, 10), coord.restarts
+    assert coord.lost_batches == 1 and coord.dropped_messages == 1
+    assert coord._itr == 1, "the round must wait for slot 0's replacement"
+    # The replacement registers in slot 0 and is asked for the owed batch at once.
+    sock = _peer(zctx, coord.local_endpoint, "fake-0-bis")
+    sock.send_multipart(encode(Header(MsgType.REGISTER, worker_id="fake-0-bis", meta={"slot": 0})))
+    header, _ = _recv(sock)
+    assert header.type == MsgType.REGISTERED
+    header, _ = _recv(sock)
+    assert header.type == MsgType.PARAMS and header.meta["sample"] == 1
+    sock.send_multipart(encode(Header(MsgType.SAMPLES, run_id=header.run_id, seq=1), good))
+    assert wait_until(lambda: coord._itr is None, 10), "the round did not finish"
+    assert sorted(delivered) == [b"fake-0-bis", b"fake-1"]
+
+
 async def _start_sample(coord, deliver):
     asyncio.get_running_loop().create_task(
         coord.sample(1, None, None, 0, deliver, min_workers=2, timeout=10)
