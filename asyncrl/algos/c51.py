@@ -67,26 +67,40 @@ class RainbowConfig(C51Config):
 
 
 class C51(DQN):
-    def loss(self, sample):
+    @torch.no_grad()
+    def td_target(self, sample, next_target: torch.Tensor) -> torch.Tensor:
+        """The projected target distribution Phi(r + discount * Z_target(s', a*)) [N, K].
+
+        ``next_target``: target-network logits [N, A, K] for ``sample.next_observation``. a*
+        maximises the expected return of the online network (``double``, as in Rainbow) or of
+        the target network (the C51 paper).
+        """
         cfg, agent = self.config, self.agent
+        next_target_probs = next_target.softmax(-1)  # [N, A, K]
+        if cfg.double:
+            next_q = agent.q_values(sample.next_observation)
+        else:
+            next_q = (next_target_probs * agent.support).sum(-1)
+        next_action = next_q.argmax(1)
+        idx = torch.arange(next_q.shape[0], device=next_q.device)
+        return categorical_projection(
+            next_target_probs[idx, next_action],
+            sample.reward,
+            sample.discount,
+            cfg.v_min,
+            cfg.v_max,
+        )
+
+    def loss(self, sample, target: torch.Tensor | None = None):
+        """(per-sample cross-entropy to the projected target [N], the same as priorities,
+        stats); ``target`` as in :meth:`DQN.loss`."""
+        agent = self.agent
+        if target is None:
+            with torch.no_grad():
+                target = self.td_target(sample, self.target(sample.next_observation))
         logits = agent.model(sample.observation)  # [N, A, K]
-        n = logits.shape[0]
-        idx = torch.arange(n, device=logits.device)
+        idx = torch.arange(logits.shape[0], device=logits.device)
         log_p = logits[idx, sample.action.long()].log_softmax(-1)
-        with torch.no_grad():
-            next_target_probs = self.target(sample.next_observation).softmax(-1)  # [N, A, K]
-            if cfg.double:
-                next_q = agent.q_values(sample.next_observation)
-            else:
-                next_q = (next_target_probs * agent.support).sum(-1)
-            next_action = next_q.argmax(1)
-            target = categorical_projection(
-                next_target_probs[idx, next_action],
-                sample.reward,
-                sample.discount,
-                cfg.v_min,
-                cfg.v_max,
-            )
         per_sample = -(target * log_p).sum(-1)  # cross-entropy, the KL up to a constant
-        q_mean = (log_p.detach().exp() * agent.support).sum(-1).mean()
-        return per_sample, per_sample.detach(), {"q_mean": q_mean}
+        q_taken = (log_p.detach().exp() * agent.support).sum(-1)
+        return per_sample, per_sample.detach(), {"q_mean": q_taken}

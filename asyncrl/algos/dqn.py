@@ -147,29 +147,41 @@ class DQN:
         return replay
 
     # -- the update --------------------------------------------------------------------------
-    def loss(self, sample) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
-        """(per-sample Huber TD loss [N], |TD error| [N] as new priorities (None without
-        prioritized replay), stats as 0-d tensors).
+    @torch.no_grad()
+    def td_target(self, sample, next_target: torch.Tensor) -> torch.Tensor:
+        """The regression target y = r + discount * Q_target(s', a*) [N], no gradient.
 
-        Target: r + discount * Q_target(s', a*) with a* = argmax_a Q_online(s', a) when
-        ``double`` (van Hasselt et al. 2016, eq. 4), else argmax_a Q_target(s', a).
+        ``next_target`` is Q_target(s', .) [N, A] for ``sample.next_observation``. a* is
+        argmax_a Q_online(s', a) when ``double`` (van Hasselt et al. 2016, eq. 4), else
+        argmax_a Q_target(s', a) (Mnih et al. 2015). ``discount`` is gamma^m from the replay,
+        already 0 where the n-step window ended in ``terminated``.
         """
-        cfg, agent = self.config, self.agent
-        q = agent.model(sample.observation)
-        q_taken = q.gather(1, sample.action.long().unsqueeze(1)).squeeze(1)
-        with torch.no_grad():
-            next_target = self.target(sample.next_observation)
-            if cfg.double:
-                next_action = agent.model(sample.next_observation).argmax(1, keepdim=True)
-            else:
-                next_action = next_target.argmax(1, keepdim=True)
+        if self.config.double:
+            next_action = self.agent.model(sample.next_observation).argmax(1, keepdim=True)
             next_q = next_target.gather(1, next_action).squeeze(1)
-            # discount is gamma^m, already 0 where the window ended in `terminated`
-            target = sample.reward + sample.discount * next_q
+        else:
+            next_q = next_target.max(1).values
+        return sample.reward + sample.discount * next_q
+
+    def loss(
+        self, sample, target: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """(per-sample Huber TD loss [N], |TD error| [N] as new priorities (None without
+        prioritized replay), stats as tensors to average over the phase).
+
+        ``target``: :meth:`td_target` of this sample when already computed (the training loop
+        computes it for many minibatches at once where it can); else it is computed here.
+        """
+        cfg = self.config
+        if target is None:
+            with torch.no_grad():
+                target = self.td_target(sample, self.target(sample.next_observation))
+        q = self.agent.model(sample.observation)
+        q_taken = q.gather(1, sample.action.long().unsqueeze(1)).squeeze(1)
         loss = nn.functional.huber_loss(q_taken, target, reduction="none", delta=cfg.huber_delta)
         q_taken = q_taken.detach()
         priorities = (q_taken - target).abs() if cfg.prioritized else None
-        return loss, priorities, {"q_mean": q_taken.mean()}
+        return loss, priorities, {"q_mean": q_taken}
 
     def _update_target(self) -> None:
         tau = self.config.tau
@@ -180,20 +192,25 @@ class DQN:
                 for t, s in zip(self.target.parameters(), self.agent.model.parameters()):
                     t.lerp_(s, tau)
 
-    def _minibatches(self, n_updates: int) -> Iterator:
-        """Yield ``n_updates`` replay minibatches (torch, on the agent's device), one per update.
+    def _minibatches(self, n_updates: int) -> Iterator[tuple]:
+        """Yield ``n_updates`` (replay minibatch, its TD target or None), one per update.
 
         Uniform replay does not change during a training phase (the sampler's steps are appended
-        before it), so the phase's minibatches are drawn in one ``sample`` call per block of up to
-        ``_BLOCK_BYTES`` and handed out as slices: the same i.i.d. uniform draws, without a replay
-        call, a batch allocation and a torch conversion per update. Prioritized replay changes
-        after every update (new priorities), so it is sampled once per update. On CPU the numpy
-        block is allocated once and its torch views are made once (zero copy); a block is
-        overwritten only after all its minibatches were used (their backward passes are done).
+        before it), and neither does the target network (it is updated between phases). So the
+        phase's minibatches are drawn in one ``sample`` call per block of up to
+        ``_BLOCK_BYTES``, the target network runs once over the whole block, and each update
+        gets its slice: the same i.i.d. uniform draws and the same targets, without a replay
+        call, a batch conversion and a target-network pass per update. The TD target is
+        precomputed too unless it needs the online network (``double``: it changes every
+        update; then None is yielded and :meth:`loss` computes it). Prioritized replay changes
+        after every update (new priorities) and noisy nets draw new target noise per update, so
+        those are sampled and evaluated once per update (as is a replay service, which samples
+        remotely). On CPU the numpy block is allocated once and its torch views made once (zero
+        copy); a block is overwritten only after all its minibatches were used.
         """
         cfg = self.config
         size = cfg.batch_size
-        if cfg.prioritized:
+        if cfg.prioritized or cfg.noisy or cfg.replay_service:
             per_block = 1
         else:
             if self._transition_bytes == 0:
@@ -205,10 +222,18 @@ class DQN:
             k = min(per_block, n_updates - done)
             block = self._sample_block(k * size)
             if k == 1:
-                yield block
+                yield block, None
             else:
+                with torch.no_grad():
+                    next_target = self.target(block.next_observation)
+                    targets = None if cfg.double else self.td_target(block, next_target)
                 for i in range(k):
-                    yield block[i * size : (i + 1) * size]
+                    part = slice(i * size, (i + 1) * size)
+                    minibatch = block[part]
+                    if targets is not None:
+                        yield minibatch, targets[part]
+                    else:
+                        yield minibatch, self.td_target(minibatch, next_target[part])
             done += k
 
     def _sample_block(self, n: int):
@@ -268,11 +293,11 @@ class DQN:
         losses: list[torch.Tensor] = []
         extras: dict[str, list[torch.Tensor]] = {}
         agent.train_mode()
-        for sample in self._minibatches(n_updates):
-            if cfg.noisy:
+        for sample, target in self._minibatches(n_updates):
+            if cfg.noisy:  # one minibatch per block: the target is computed after this
                 reset_noise(agent.model)
                 reset_noise(self.target)
-            per_sample, priorities, extra = self.loss(sample)
+            per_sample, priorities, extra = self.loss(sample, target)
             loss = (per_sample * sample.weights).mean() if cfg.prioritized else per_sample.mean()
             for p in self.params:  # zero_grad(set_to_none=True), without its per-call overhead
                 p.grad = None
@@ -293,7 +318,7 @@ class DQN:
         if losses:
             stats["loss"] = torch.stack(losses).mean().item()
             for k, v in extras.items():
-                stats[k] = torch.stack(v).mean().item()
+                stats[k] = torch.cat(v).mean().item()  # over every sample of the phase
         return stats
 
     def close(self) -> None:

@@ -61,8 +61,11 @@ class QNetwork(nn.Module):
     def forward(self, obs) -> torch.Tensor:
         x = obs if self.flatten is None else self.flatten(obs)
         f = self.trunk(x)
-        a = self.advantage(f).view(-1, self.n_actions, self.n_atoms)
-        if self.value is not None:
-            v = self.value(f).view(-1, 1, self.n_atoms)
+        a = self.advantage(f)  # [N, A * K]
+        v = None if self.value is None else self.value(f)  # [N, K]
+        if self.n_atoms > 1:  # (no reshapes for plain Q: two fewer autograd nodes per pass)
+            a = a.view(-1, self.n_actions, self.n_atoms)
+            v = None if v is None else v.view(-1, 1, self.n_atoms)
+        if v is not None:
             a = v + a - a.mean(1, keepdim=True)  # Wang et al. 2016, eq. 9
-        return a.squeeze(-1) if self.n_atoms == 1 else a
+        return a

@@ -160,3 +160,38 @@ def test_rainbow_config_combines_the_components():
     assert cfg.eps_start == cfg.eps_final == cfg.eval_epsilon == 0.0
     model_cfg = cfg.q_model_config()
     assert model_cfg.n_atoms == 51 and model_cfg.noisy and model_cfg.dueling
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_block_targets_equal_per_minibatch_targets(double):
+    # DQN's training loop runs the target network once per block of minibatches; for C51 the
+    # projected distributions must be those of each minibatch alone.
+    from asyncrl.data import buffer_from_example
+    from asyncrl.samplers.base import SampleBatch, samples_example
+
+    cfg = C51Config(
+        n_atoms=11,
+        v_min=-5.0,
+        v_max=5.0,
+        double=double,
+        hidden_sizes=[16],
+        batch_size=8,
+        buffer_size=500,
+        learning_starts=10**9,
+    )
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    torch.manual_seed(0)
+    algo = C51(make_dqn_agent(obs_space, gym.spaces.Discrete(2), None, "cpu", cfg), cfg)
+    rng = np.random.default_rng(0)
+    buf = buffer_from_example(samples_example(np.zeros(3, np.float32), np.int64(0), None), (100, 1))
+    for _ in range(3):
+        buf.env.observation[...] = rng.standard_normal((100, 1, 3))
+        buf.agent.action[...] = rng.integers(0, 2, (100, 1))
+        buf.env.reward[...] = rng.standard_normal((100, 1))
+        buf.env.terminated[...] = rng.random((100, 1)) < 0.1
+        algo.optimize(SampleBatch(buf, None, None, env_steps=100), progress=0.0)
+    with torch.no_grad():
+        for batch, target in algo._minibatches(10):
+            alone = algo.td_target(batch, algo.target(batch.next_observation))
+            torch.testing.assert_close(target, alone)
+            torch.testing.assert_close(target.sum(-1), torch.ones(8))

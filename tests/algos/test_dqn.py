@@ -213,22 +213,40 @@ def test_prioritized_replay_priorities_are_updated():
     assert not np.allclose(replay.tree.get(touched), 1.0)
 
 
+def _filled(cfg: DQNConfig, steps: int = 500) -> DQN:
+    algo = make_algo(cfg)
+    rng = np.random.default_rng(3)
+    for _ in range(steps // 100):
+        algo.optimize(fake_batch(100, rng), progress=0.0)
+    return algo
+
+
 def test_minibatches_are_uniform_slices_of_one_draw():
     # A phase of uniform replay is drawn in one block; each update sees its own slice.
-    algo = make_algo(small_config(batch_size=8, learning_starts=10**9, buffer_size=500))
-    rng = np.random.default_rng(3)
-    for _ in range(5):
-        algo.optimize(fake_batch(100, rng), progress=0.0)
-    seen = [batch.indices.clone() for batch in algo._minibatches(50)]
+    algo = _filled(small_config(batch_size=8, learning_starts=10**9, buffer_size=500))
+    seen = [batch.indices.clone() for batch, _ in algo._minibatches(50)]
     assert len(seen) == 50 and all(len(i) == 8 for i in seen)
     counts = np.bincount(torch.cat(seen).numpy(), minlength=500)
     # spread over the buffer: 400 draws from 499 transitions hit about 275 distinct ones
     assert counts.sum() == 400 and (counts > 0).sum() > 200
     # the slices hold what the replay would return for those indices
-    last = next(iter(algo._minibatches(1)))
+    last, _ = next(iter(algo._minibatches(1)))
     ref = algo.replay.batch_at(last.indices.numpy())
     np.testing.assert_array_equal(last.observation.numpy(), ref.observation)
     np.testing.assert_array_equal(last.reward.numpy(), ref.reward)
+
+
+@pytest.mark.parametrize("double", [False, True])
+def test_block_targets_equal_per_minibatch_targets(double):
+    # The target network runs once per block; the targets must be those of each minibatch alone.
+    algo = _filled(small_config(batch_size=8, learning_starts=10**9, double=double))
+    with torch.no_grad():
+        for update, (batch, target) in enumerate(algo._minibatches(20)):
+            alone = algo.td_target(batch, algo.target(batch.next_observation))
+            torch.testing.assert_close(target, alone)
+            if update % 5 == 0:  # the online network moves between updates (double uses it)
+                for p in algo.agent.model.parameters():
+                    p.add_(0.01 * torch.randn_like(p))
 
 
 def test_fast_clipping_matches_clip_grad_norm():
