@@ -226,8 +226,12 @@ def apply_set(cfg: TrainConfig, item: str) -> None:
         raise ConfigError(f"--set {item!r}: {e}") from None
 
 
+# Algorithms whose settings live in a sibling's preset file (as its [c51] / [rainbow] tables).
+PRESET_FILE_OF = {"c51": "dqn", "rainbow": "dqn"}
+
+
 def preset_path(algo: str, family: str) -> Path:
-    return PRESET_DIR / f"{algo}_{family}.toml"
+    return PRESET_DIR / f"{PRESET_FILE_OF.get(algo, algo)}_{family}.toml"
 
 
 def list_presets() -> list[str]:
