@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import sys
 import time
 from collections import deque
@@ -87,6 +88,9 @@ class ProgressWriter:
             self.columns = BASE_COLUMNS + [k for k in self._extra if k not in extras] + extras
             with self.path.open("w", newline="") as f:
                 csv.writer(f).writerow(self.columns)
+        new = [k for k in row if k not in self.columns]
+        if new:  # a column that appears later (e.g. a loss once learning starts): widen the file
+            self._widen(new)
         with self.path.open("a", newline="") as f:
             csv.writer(f).writerow([_fmt(row.get(c)) for c in self.columns])
             f.flush()
@@ -96,6 +100,19 @@ class ProgressWriter:
                 if k != "env_steps" and isinstance(v, int | float) and not math.isnan(float(v)):
                     self.tb.add_scalar(k, v, step)
             self.tb.flush()
+
+    def _widen(self, new: list[str]) -> None:
+        """Rewrite progress.csv with ``new`` columns appended (empty in earlier rows), atomically."""
+        with self.path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        self.columns = self.columns + new
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(self.columns)
+            for r in rows[1:]:
+                w.writerow(r + [""] * (len(self.columns) - len(r)))
+        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self.tb is not None:
