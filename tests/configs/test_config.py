@@ -137,7 +137,7 @@ def test_precedence_defaults_preset_file_flags_set(tmp_path):
     assert defaults.sampler.horizon == 128 and preset.sampler.horizon == 32
     assert preset.algo_params.learning_rate == 1e-3 and preset.algo_params.epochs == 20
     # untouched by the preset: the dataclass default
-    assert preset.algo_params.value_coef == type(preset.algo_params)().value_coef
+    assert preset.algo_params.max_grad_norm == type(preset.algo_params)().max_grad_norm
 
     f = tmp_path / "mine.toml"
     f.write_text(
@@ -259,7 +259,7 @@ def test_a2c_presets_and_missing_preset():
         "rmsprop",
     )
     cfg = resolve_config("a2c", "ALE/Breakout-v5")
-    assert (cfg.sampler.num_envs, cfg.algo_params.value_coef) == (16, 0.25)
+    assert (cfg.sampler.num_envs, cfg.algo_params.value_coef) == (16, 0.5)  # zoo 0.25 x MSE
     # No a2c_mujoco preset: the dataclass defaults.
     cfg = resolve_config("a2c", "Hopper-v5")
     assert cfg.sampler == TrainConfig().sampler

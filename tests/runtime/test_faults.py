@@ -84,8 +84,9 @@ def test_killed_and_stalled_workers_are_replaced_and_the_run_completes(tmp_path,
             assert wait_until(lambda: _registered(coord, 0, 1), 90), "no replacement for slot 0"
             report["pid0"] = pid0
             # 2. SIGSTOP worker 1: alive but silent; the heartbeat timeout finds it.
-            itr = coord._itr
-            assert wait_until(lambda: coord._itr is not None and coord._itr > itr, 30)
+            # (coord._itr is None between rounds, so read it through a fallback)
+            itr = coord._itr or 0
+            assert wait_until(lambda: (coord._itr or 0) > itr, 30)
             pid1 = _local_pid(coord, 1)
             report["shm1"] = shm_mapped_by([pid1])
             t1 = time.monotonic()
