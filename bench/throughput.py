@@ -25,9 +25,12 @@ Rows:
   parallelism over the machine's cores would give with gymnasium envs.
 
 Steps are env steps (agent steps); for Pong each is 4 emulator frames (frames/s = 4 x steps/s).
-Each figure is the median of 3 runs of about ``--seconds`` seconds after a warm-up; a config's
-3 runs are back to back (runtime samplers are started once per config). The machine is shared:
-the 1/5/15-min load averages are recorded at start and end. Torch uses 1 thread in this process
+Each figure is the median of 3 runs of about ``--seconds`` seconds after a warm-up. The runs are
+interleaved: per task every contender is built and warmed up once (runtime samplers with their
+worker processes included; they idle between turns), then 3 rounds time each contender once, in a
+rotated order, so that the machine's load drifts over all of them alike. Peers that own process
+pools (AsyncVectorEnv, SubprocVecEnv) are rebuilt for each turn instead of idling. The machine is
+shared: the 1/5/15-min load averages are recorded at start and end. Torch uses 1 thread in this process
 (asyncrl's default for the training process; its workers use 1 too).
 
     python bench/throughput.py [--quick] [--tasks cartpole pong halfcheetah] [--seconds 3]
@@ -101,8 +104,19 @@ def timed_loop(step, seconds: float, steps_per_call: int) -> float:
             return n * steps_per_call / dt
 
 
-def repeat(fn, reps: int) -> list[float]:
-    return [fn() for _ in range(reps)]
+class Contender:
+    """One row of the table for one task: ``open()`` builds it (untimed) and returns
+    ``(run, close)``; ``run(seconds)`` returns steps/s. Persistent contenders are built once per
+    task and timed once per round; the others (subprocess peers) are rebuilt every round, so that
+    idle process pools do not sit on the machine between their turns."""
+
+    def __init__(self, row: str, open_fn, persistent: bool = True):
+        self.row, self.open_fn, self.persistent = row, open_fn, persistent
+        self.run = self.close = None
+
+    def open(self, warm_s: float) -> None:
+        self.run, self.close = self.open_fn()
+        self.run(warm_s)
 
 
 def make_agent(task: str):
@@ -140,7 +154,7 @@ def peer_policy(agent, action_space):
 # ----------------------------------------------------------------------------- ceilings
 
 
-def raw_single_env(task: str, seconds: float, reps: int) -> list[float]:
+def raw_single_env(task: str):
     from asyncrl.envs import EnvSpec, make_env
 
     env = make_env(EnvSpec(id=TASKS[task]["id"]))
@@ -155,18 +169,15 @@ def raw_single_env(task: str, seconds: float, reps: int) -> list[float]:
         if te or tr:
             env.reset()
 
-    try:
-        timed_loop(step, min(0.5, seconds), 1)
-        return repeat(lambda: timed_loop(step, seconds, 1), reps)
-    finally:
-        env.close()
+    return (lambda secs: timed_loop(step, secs, 1)), env.close
 
 
-def asyncrl_vec_env_alone(task: str, seconds: float, reps: int) -> tuple[list[float], str]:
+def asyncrl_vec_env_alone(task: str, backends: dict):
     from asyncrl.envs import EnvSpec, make_vec_env
 
     n = TASKS[task]["envs"]
     env = make_vec_env(EnvSpec(id=TASKS[task]["id"]), n, seed=0)
+    backends[task] = type(env).__name__
     env.reset()
     env.action_space.seed(0)
     actions = [
@@ -179,14 +190,10 @@ def asyncrl_vec_env_alone(task: str, seconds: float, reps: int) -> tuple[list[fl
         env.step(actions[i[0] & 255])
         i[0] += 1
 
-    try:
-        timed_loop(step, min(0.5, seconds), n)
-        return repeat(lambda: timed_loop(step, seconds, n), reps), type(env).__name__
-    finally:
-        env.close()
+    return (lambda secs: timed_loop(step, secs, n)), env.close
 
 
-def policy_alone(task: str, agent, seconds: float, reps: int) -> tuple[list[float], list[float]]:
+def policy_alone(task: str, agent, full: bool):
     from asyncrl.envs import EnvSpec, make_vec_env
 
     n = TASKS[task]["envs"]
@@ -194,14 +201,11 @@ def policy_alone(task: str, agent, seconds: float, reps: int) -> tuple[list[floa
     obs = np.array(env.reset())
     env.close()
     ids = np.arange(n)
-    plain = lambda: agent.act(obs, deterministic=False)  # noqa: E731
-    full = lambda: agent.step(obs, ids)  # noqa: E731
-    timed_loop(plain, min(0.5, seconds), n)
-    out_plain, out_full = [], []
-    for _ in range(reps):  # interleaved
-        out_plain.append(timed_loop(plain, seconds, n))
-        out_full.append(timed_loop(full, seconds, n))
-    return out_plain, out_full
+    if full:
+        step = lambda: agent.step(obs, ids)  # noqa: E731
+    else:
+        step = lambda: agent.act(obs, deterministic=False)  # noqa: E731
+    return (lambda secs: timed_loop(step, secs, n)), (lambda: None)
 
 
 # ----------------------------------------------------------------------------- peers
@@ -214,115 +218,93 @@ def _env_fns(task: str, n: int):
     return [functools.partial(make_env, spec) for _ in range(n)]
 
 
-def _drive_gym_vector(env, policy, seconds, reps, n):
-    obs, _ = env.reset(seed=0)
-    state = [obs]
+def _gym_vector_runner(env, policy, n):
+    state = [env.reset(seed=0)[0]]
 
     def step():
         state[0], *_ = env.step(policy(state[0]))
 
-    timed_loop(step, min(1.0, seconds), n)
-    return repeat(lambda: timed_loop(step, seconds, n), reps)
+    return (lambda secs: timed_loop(step, secs, n)), env.close
 
 
-def peer_sync(task, agent, seconds, reps):
+def peer_sync(task, agent):
     import gymnasium as gym
 
     n = TASKS[task]["envs"]
     env = gym.vector.SyncVectorEnv(_env_fns(task, n))
-    try:
-        return _drive_gym_vector(env, peer_policy(agent, env.single_action_space), seconds, reps, n)
-    finally:
-        env.close()
+    return _gym_vector_runner(env, peer_policy(agent, env.single_action_space), n)
 
 
-def peer_async(task, agent, seconds, reps):
+def peer_async(task, agent):
     import gymnasium as gym
 
     n = TASKS[task]["envs"]
     env = gym.vector.AsyncVectorEnv(_env_fns(task, n), shared_memory=True)
-    try:
-        return _drive_gym_vector(env, peer_policy(agent, env.single_action_space), seconds, reps, n)
-    finally:
-        env.close()
+    return _gym_vector_runner(env, peer_policy(agent, env.single_action_space), n)
 
 
-def peer_gym_entry_point(task, agent, seconds, reps):
+def peer_gym_entry_point(task, agent):
     import gymnasium as gym
 
-    if task != "cartpole":
-        return None
     n = TASKS[task]["envs"]
     env = gym.make_vec("CartPole-v1", num_envs=n, vectorization_mode="vector_entry_point")
-    try:
-        return _drive_gym_vector(env, peer_policy(agent, env.single_action_space), seconds, reps, n)
-    finally:
-        env.close()
+    return _gym_vector_runner(env, peer_policy(agent, env.single_action_space), n)
 
 
-def peer_sb3(task, agent, seconds, reps):
-    try:
-        from stable_baselines3.common.vec_env import SubprocVecEnv
-    except ImportError:
-        return None
+def peer_sb3(task, agent):
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
     n = TASKS[task]["envs"]
     env = SubprocVecEnv(_env_fns(task, n))
     policy = peer_policy(agent, env.action_space)
-    try:
-        state = [env.reset()]
+    state = [env.reset()]
 
-        def step():
-            state[0], *_ = env.step(policy(state[0]))
+    def step():
+        state[0], *_ = env.step(policy(state[0]))
 
-        timed_loop(step, min(1.0, seconds), n)
-        return repeat(lambda: timed_loop(step, seconds, n), reps)
-    finally:
-        env.close()
+    return (lambda secs: timed_loop(step, secs, n)), env.close
 
 
-def peer_envpool(task, agent, seconds, reps):
-    try:
-        import envpool
-    except ImportError:
-        return None
+def peer_envpool(task, agent):
+    import envpool
+
     n = TASKS[task]["envs"]
     kw = {"use_fire_reset": False} if task == "pong" else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         env = envpool.make(ENVPOOL_IDS[task], env_type="gymnasium", num_envs=n, seed=0, **kw)
-    try:
-        return _drive_gym_vector(env, peer_policy(agent, env.action_space), seconds, reps, n)
-    finally:
-        env.close()
+    return _gym_vector_runner(env, peer_policy(agent, env.action_space), n)
 
 
-def peer_ale_vector(task, agent, seconds, reps):
-    if task != "pong":
-        return None
+def peer_ale_vector(task, agent):
     from ale_py import AtariVectorEnv
 
     n = TASKS[task]["envs"]
     env = AtariVectorEnv("pong", n, use_fire_reset=False, repeat_action_probability=0.0)
-    try:
-        return _drive_gym_vector(env, peer_policy(agent, env.single_action_space), seconds, reps, n)
-    finally:
-        env.close()
+    return _gym_vector_runner(env, peer_policy(agent, env.single_action_space), n)
 
 
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# (row, factory, persistent, tasks it applies to, needed module)
 PEERS = [
-    ("gymnasium SyncVectorEnv", peer_sync),
-    ("gymnasium AsyncVectorEnv (shared memory)", peer_async),
-    ("SB3 SubprocVecEnv", peer_sb3),
-    ("gymnasium CartPoleVectorEnv (vector entry point)", peer_gym_entry_point),
-    ("EnvPool", peer_envpool),
-    ("ale-py AtariVectorEnv", peer_ale_vector),
-]
+    ("gymnasium SyncVectorEnv", peer_sync, True, None, None),
+    ("gymnasium AsyncVectorEnv (shared memory)", peer_async, False, None, None),
+    ("SB3 SubprocVecEnv", peer_sb3, False, None, "stable_baselines3"),
+    ("gymnasium CartPoleVectorEnv (vector entry point)", peer_gym_entry_point, True, {"cartpole"}, None),
+    ("EnvPool", peer_envpool, True, None, "envpool"),
+    ("ale-py AtariVectorEnv", peer_ale_vector, True, {"pong"}, "ale_py"),
+]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- asyncrl
 
 
-def asyncrl_mode(task, mode, workers, seconds, reps, backend="auto"):
+def asyncrl_mode(task, mode, workers, backend="auto"):
     import asyncrl
     from asyncrl.algos import ALGOS
     from asyncrl.runners.train import make_sampler
@@ -345,23 +327,24 @@ def asyncrl_mode(task, mode, workers, seconds, reps, backend="auto"):
         )
         agent.eval_mode()
         sampler.initialize(agent)
-
-        def run(secs):
-            steps, busy = 0, 0.0
-            while busy < secs or steps == 0:
-                t0 = time.perf_counter()
-                batch = sampler.obtain()
-                busy += time.perf_counter() - t0
-                steps += batch.env_steps
-            return steps / busy
-
-        run(min(1.0, seconds))  # warm-up: first batches, worker start-up
-        return repeat(lambda: run(seconds), reps)
-    finally:
+    except BaseException:
         sampler.close()
+        raise
+
+    def run(secs):
+        """Only obtain() is timed: T x B env steps with the agent, into the batch buffer."""
+        steps, busy = 0, 0.0
+        while busy < secs or steps == 0:
+            t0 = time.perf_counter()
+            batch = sampler.obtain()
+            busy += time.perf_counter() - t0
+            steps += batch.env_steps
+        return steps / busy
+
+    return run, sampler.close
 
 
-def asyncrl_configs(quick: bool, workers: list[int]):
+def asyncrl_configs(workers: list[int]):
     out = [("serial", 1, "auto"), ("serial", 1, "gymnasium")]
     for mode in ("parallel", "central", "alternating"):
         for w in workers:
@@ -373,6 +356,30 @@ def config_label(mode, w, backend) -> str:
     if mode == "serial":
         return f"asyncrl serial ({'native/auto' if backend == 'auto' else backend} envs)"
     return f"asyncrl {mode}, {w} worker{'s' if w > 1 else ''}"
+
+
+def contenders(task: str, agent, workers: list[int], backends: dict) -> list[Contender]:
+    f = functools.partial
+    out = [
+        Contender(ROW_RAW, f(raw_single_env, task)),
+        Contender(ROW_VEC, f(asyncrl_vec_env_alone, task, backends)),
+        Contender(ROW_POLICY, f(policy_alone, task, agent, False)),
+        Contender(ROW_AGENT_STEP, f(policy_alone, task, agent, True)),
+    ]
+    for row, fn, persistent, tasks, module in PEERS:
+        if (tasks is None or task in tasks) and (module is None or _installed(module)):
+            out.append(Contender(row, f(fn, task, agent), persistent))
+    for mode, w, backend in asyncrl_configs(workers):
+        out.append(
+            Contender(config_label(mode, w, backend), f(asyncrl_mode, task, mode, w, backend))
+        )
+    return out
+
+
+ROW_RAW = "raw single env, random actions, no policy"
+ROW_VEC = "asyncrl vector env (backend auto), random actions, no policy"
+ROW_POLICY = "policy alone: forward + sample (as the peers call it)"
+ROW_AGENT_STEP = "policy alone: agent.step (as asyncrl samplers call it)"
 
 
 # ----------------------------------------------------------------------------- report
@@ -459,52 +466,56 @@ def main(argv=None) -> int:
     load_start = load()
     t_start = time.perf_counter()
     results: dict[str, dict[str, list[float] | str | None]] = {}
+    backends: dict[str, str] = {}
     notes: list[str] = []
 
-    def record(row, task, fn):
-        print(f"[{time.perf_counter() - t_start:6.0f}s] {task:11s} {row} ...", flush=True)
-        try:
-            out = fn()
-        except Exception as e:  # noqa: BLE001 - one failing contender must not end the run
-            traceback.print_exc()
-            out = f"failed: {type(e).__name__}"
-            notes.append(f"{row} on {task}: {type(e).__name__}: {str(e)[:200]}")
-        results.setdefault(row, {})[task] = out
-        if isinstance(out, list):
-            print(f"    {[round(x) for x in out]} -> median {statistics.median(out):,.0f} steps/s")
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
+
+    def fail(c: Contender, task: str, e: BaseException) -> None:
+        traceback.print_exc()
+        results.setdefault(c.row, {})[task] = f"failed: {type(e).__name__}"
+        notes.append(f"{c.row} on {task}: {type(e).__name__}: {str(e)[:200]}")
 
     for task in args.tasks:
         agent, _ = make_agent(task)
-        record(
-            "raw single env, random actions, no policy",
-            task,
-            functools.partial(raw_single_env, task, seconds, args.reps),
-        )
-
-        def vec_alone(task=task):
-            rates, name = asyncrl_vec_env_alone(task, seconds, args.reps)
-            results.setdefault("_backend", {})[task] = name
-            return rates
-
-        record("asyncrl vector env (backend auto), random actions, no policy", task, vec_alone)
-        pol: dict[str, list[float]] = {}
-
-        def pol_plain(task=task, agent=agent, pol=pol):
-            pol["plain"], pol["full"] = policy_alone(task, agent, seconds, args.reps)
-            return pol["plain"]
-
-        record("policy alone: forward + sample (as the peers call it)", task, pol_plain)
-        results.setdefault("policy alone: agent.step (as asyncrl samplers call it)", {})[task] = (
-            pol.get("full")
-        )
-        for name, fn in PEERS:
-            record(name, task, functools.partial(fn, task, agent, seconds, args.reps))
-        for mode, w, backend in asyncrl_configs(args.quick, workers):
-            record(
-                config_label(mode, w, backend),
-                task,
-                functools.partial(asyncrl_mode, task, mode, w, seconds, args.reps, backend),
-            )
+        field = contenders(task, agent, workers, backends)
+        live: list[Contender] = []
+        for c in field:  # persistent ones: built and warmed up once
+            if not c.persistent:
+                live.append(c)
+                continue
+            log(f"{task}: start {c.row}")
+            try:
+                c.open(min(1.0, seconds))
+                live.append(c)
+            except Exception as e:  # noqa: BLE001 - one failing contender must not end the run
+                fail(c, task, e)
+        try:
+            for r in range(args.reps):  # interleaved rounds, rotated so no row is always first
+                k = r * len(live) // max(args.reps, 1)
+                for c in live[k:] + live[:k]:
+                    if c.row in results and isinstance(results[c.row].get(task), str):
+                        continue  # failed earlier
+                    try:
+                        if not c.persistent:
+                            c.open(min(1.0, seconds))
+                        rate = c.run(seconds)
+                        results.setdefault(c.row, {}).setdefault(task, []).append(rate)
+                        log(f"{task} round {r + 1}: {c.row}: {rate:,.0f} steps/s")
+                    except Exception as e:  # noqa: BLE001
+                        fail(c, task, e)
+                    finally:
+                        if not c.persistent and c.close is not None:
+                            with contextlib.suppress(Exception):
+                                c.close()
+                            c.close = None
+        finally:
+            for c in live:
+                if c.persistent and c.close is not None:
+                    with contextlib.suppress(Exception):
+                        c.close()
+        results["_backend"] = dict(backends)
 
     load_end = load()
     elapsed = time.perf_counter() - t_start
@@ -546,10 +557,9 @@ def render(results, tasks, workers) -> str:
         v = results.get(row, {}).get(task)
         return v if isinstance(v, str) else _median(v)
 
-    asyncrl_rows = [r for r in results if r.startswith("asyncrl ") and "vector env" not in r]
-    peer_rows = [name for name, _ in PEERS]
-    ceiling_rows = [r for r in results if r.startswith(("raw single", "policy alone"))]
-    ceiling_rows.insert(1, "asyncrl vector env (backend auto), random actions, no policy")
+    asyncrl_rows = [config_label(*c) for c in asyncrl_configs(workers)]
+    peer_rows = [p[0] for p in PEERS]
+    ceiling_rows = [ROW_RAW, ROW_VEC, ROW_POLICY, ROW_AGENT_STEP]
     for group in (ceiling_rows, peer_rows, asyncrl_rows):
         for row in group:
             if row not in results:
@@ -557,9 +567,7 @@ def render(results, tasks, workers) -> str:
             lines.append(f"| {row} | " + " | ".join(fmt(cell(row, t)) for t in tasks) + " |")
     derived = {"ideal": [], "best peer": [], "best asyncrl": [], "a/p": [], "a/i": []}
     for t in tasks:
-        env = cell("raw single env, random actions, no policy", t)
-        pol = cell("policy alone: forward + sample (as the peers call it)", t)
-        n = TASKS[t]["envs"]
+        env, pol = cell(ROW_RAW, t), cell(ROW_POLICY, t)
         ideal = None
         if isinstance(env, float) and isinstance(pol, float):
             ideal = cores() / (1 / env + 1 / pol)
@@ -573,7 +581,6 @@ def render(results, tasks, workers) -> str:
         derived["best asyncrl"].append(f"{fmt(ba[0])} ({ba[1].removeprefix('asyncrl ')})" if ba[0] else "-")  # fmt: skip
         derived["a/p"].append(f"{ba[0] / bp[0]:.2f}x" if ba[0] and bp[0] else "-")
         derived["a/i"].append(f"{ba[0] / ideal:.2f}" if ba[0] and ideal else "-")
-        del n
     lines.append(f"| ideal = {cores()} cores / (t_env + t_policy) | " + " | ".join(derived["ideal"]) + " |")  # fmt: skip
     lines.append("| best peer | " + " | ".join(derived["best peer"]) + " |")
     lines.append("| best asyncrl | " + " | ".join(derived["best asyncrl"]) + " |")
