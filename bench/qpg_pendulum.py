@@ -26,6 +26,7 @@ code decides.
 
     python bench/qpg_pendulum.py [--algos sac td3] [--seeds 0 1] [--steps 20000] [--no-append]
     python bench/qpg_pendulum.py --updates-only [--rounds 5]
+    python bench/qpg_pendulum.py --plot-only     # the curves of the last section of RESULTS.md
 """
 
 from __future__ import annotations
@@ -420,6 +421,64 @@ def git_line() -> str:
     return f"asyncrl at {head}" + (" + uncommitted changes in asyncrl/" if dirty else "")
 
 
+def plot_curves(runs: list[dict], path: Path) -> None:
+    """Evaluation return against env steps, one panel per algorithm; ``runs``: dicts with
+    algo, lib, seed and evals [(env_steps, mean return)]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    algos = sorted({r["algo"] for r in runs})
+    fig, axes = plt.subplots(1, len(algos), figsize=(6 * len(algos), 4), squeeze=False)
+    for ax, algo in zip(axes[0], algos):
+        for r in (r for r in runs if r["algo"] == algo):
+            xs, ys = zip(*r["evals"])
+            ax.plot(
+                [x / 1000 for x in xs],
+                ys,
+                "-" if r["lib"] == "asyncrl" else "--",
+                color="tab:blue" if r["lib"] == "asyncrl" else "tab:gray",
+                alpha=0.9 if r["seed"] == 0 else 0.6,
+                label=f"{r['lib']} seed {r['seed']}",
+            )
+        ax.axhline(TARGET, color="tab:red", lw=0.8, ls=":", label=f"{TARGET:.0f}")
+        ax.set_title(f"{algo.upper()} {ENV_ID}")
+        ax.set_xlabel("env steps (k)")
+        ax.set_ylabel(f"mean eval return ({EVAL_EPISODES} deterministic episodes)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def curves_from_results(path: Path) -> list[dict]:
+    """The evaluation curves of the last Pendulum comparison section in RESULTS.md."""
+    text = path.read_text()
+    start = text.rfind("## SAC and TD3 on Pendulum-v1: asyncrl vs Stable-Baselines3")
+    if start < 0:
+        raise SystemExit(f"no Pendulum comparison section in {path}")
+    runs = []
+    for line in text[start:].splitlines()[1:]:
+        if line.startswith("## "):
+            break
+        parts = line.split()
+        if len(parts) > 5 and parts[0] == "-" and parts[3] == "seed":
+            evals = [
+                (int(float(p.split(":")[0][:-1]) * 1000), float(p.split(":")[1])) for p in parts[5:]
+            ]
+            runs.append(
+                {
+                    "algo": parts[1].lower(),
+                    "lib": parts[2],
+                    "seed": int(parts[4][:-1]),
+                    "evals": evals,
+                }
+            )
+    return runs
+
+
 def append_results(section: str) -> None:
     path = Path(__file__).with_name("RESULTS.md")
     if not path.exists():
@@ -487,8 +546,17 @@ def main() -> None:
     parser.add_argument("--updates-only", action="store_true", help="time gradient steps only")
     parser.add_argument("--rounds", type=int, default=5, help="--updates-only rounds")
     parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("qpg_pendulum.png"))
+    parser.add_argument(
+        "--plot-only", action="store_true", help="plot the curves of the last RESULTS.md section"
+    )
     parser.add_argument("--worker", choices=[*sorted(WORKERS), "updates"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+
+    if args.plot_only:
+        plot_curves(curves_from_results(Path(__file__).with_name("RESULTS.md")), args.plot)
+        print(f"plot: {args.plot}")
+        return
 
     if args.worker == "updates":
         print(json.dumps(run_updates(args.algos[0], args.rounds, 200)))
@@ -531,6 +599,14 @@ def main() -> None:
     for algo, table in tables.items():
         print(f"\n{algo.upper()}\n{table}")
     print(f"\nreference: {ISSUE_SB3_REFERENCE}")
+    plot_curves(
+        [
+            {**r, "evals": [(e["env_steps"], e["eval_return_mean"]) for e in r["evals"]]}
+            for r in results
+        ],
+        args.plot,
+    )
+    print(f"plot: {args.plot}")
     if args.no_append:
         return
     curves = "\n".join(
@@ -558,7 +634,8 @@ run. Evaluation every {args.eval_every} env steps and at the end: {EVAL_EPISODES
 episodes on {EVAL_ENVS} separate envs. **Seconds exclude evaluation** (and imports and
 construction): training wall-clock and process CPU time from just before the first env reset.
 "to -200": at the first evaluation with mean return >= -200. Median over seeds (a run that never
-reaches -200 counts as infinitely slow). Reference: {ISSUE_SB3_REFERENCE}.
+reaches -200 counts as infinitely slow). Reference: {ISSUE_SB3_REFERENCE}. Curves:
+`{args.plot.name}`.
 
 {body}
 

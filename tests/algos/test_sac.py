@@ -149,29 +149,22 @@ def test_actor_loss_leaves_critic_gradients_alone():
         torch.testing.assert_close(g, p.grad)
 
 
-def test_critic_target_uses_clipped_double_q_and_entropy_bonus():
+def test_critic_target_is_clipped_double_q_minus_alpha_log_pi():
+    # y = r + discount * (min_i Q'_i(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s')
     sac = make_sac(alpha=0.2, auto_alpha=False)
     s = random_sample(8)
-    # terminal transitions: the target is the reward alone
-    terminal = s._replace(discount=torch.zeros(8), done_n=torch.ones(8, dtype=torch.bool))
     with torch.no_grad():
-        # make critic 1 always larger than critic 0 in the target nets: the min picks critic 0
-        sac.critic_target.net[-1].bias[1].fill_(100.0)
-    captured = {}
-    real_backward = torch.Tensor.backward
-
-    def spy(loss, *a, **k):
-        captured.setdefault("critic_loss", loss.detach().clone())
-        return real_backward(loss, *a, **k)
-
-    torch.Tensor.backward = spy
-    try:
-        q = sac.critic(s.observation, sac.agent.from_env(s.action)).detach()
-        sac.update(terminal)
-    finally:
-        torch.Tensor.backward = real_backward
-    expected = 0.5 * (q - terminal.reward).pow(2).mean(1).sum()
-    torch.testing.assert_close(captured["critic_loss"], expected)
+        sac.critic_target.net[-1].bias[1].fill_(100.0)  # critic 1 larger: the min is critic 0's
+    q = sac.critic(s.observation, sac.agent.from_env(s.action)).detach()
+    torch.manual_seed(11)
+    with torch.no_grad():
+        next_a, next_logp = sac.agent.model(s.next_observation)
+        q_next = sac.critic_target(s.next_observation, next_a)
+    assert (q_next[0] < q_next[1]).all()
+    target = s.reward + s.discount * (q_next[0] - 0.2 * next_logp)
+    torch.manual_seed(11)  # the update draws the same a'
+    out = sac.update(s)
+    torch.testing.assert_close(out["critic_loss"], 0.5 * (q - target).pow(2).mean(1).sum())
 
 
 # -- replay ratio, learning starts, stats ----------------------------------------------------------
