@@ -42,21 +42,28 @@ overrides to asyncrl (for experiments; the hyperparameter check is then skipped)
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import datetime
-import importlib
 import json
-import math
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402  (bench/ is not a package)
+    TrainClock,
+    append_results,
+    comparison_table,
+    git_line,
+    instrument_asyncrl_train,
+    machine_line,
+    match_evals,
+    read_eval_rows,
+    run_worker,
+    sb3_timed_eval,
+    versions_line,
+)
 
 ENV_ID = "CartPole-v1"
 TARGET = 475.0
@@ -86,62 +93,14 @@ def first_staying(evals: list[dict]) -> dict | None:
 
 
 # -- workers (one fresh process per run) ---------------------------------------------------------
-class TrainClock:
-    """Wall-clock and process-CPU seconds since ``start()``, less the time spent in ``excluded()``
-    blocks (the evaluations). CPU time is the figure that other jobs on the machine disturb least."""
-
-    def start(self) -> None:
-        self.t0, self.c0 = time.perf_counter(), time.process_time()
-        self.excluded_wall = self.excluded_cpu = 0.0
-
-    def now(self) -> tuple[float, float]:
-        return (
-            time.perf_counter() - self.t0 - self.excluded_wall,
-            time.process_time() - self.c0 - self.excluded_cpu,
-        )
-
-    @contextlib.contextmanager
-    def excluded(self):
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            self.excluded_wall += time.perf_counter() - wall
-            self.excluded_cpu += time.process_time() - cpu
-
-
 def run_asyncrl(seed: int, steps: int, eval_every: int, extra_sets: list[str]) -> dict:
     import torch
 
     torch.set_num_threads(1)
     import asyncrl
 
-    # Instrument the training loop from outside: the clock starts where train() starts its own
-    # (just before sampler.initialize, the first env reset), and each evaluation is taken off it.
-    train_module = importlib.import_module("asyncrl.runners.train")
-    original_make_sampler, original_evaluate = train_module.make_sampler, train_module.evaluate
     clock = TrainClock()
-    at_eval: list[tuple[float, float, float]] = []  # (train wall s, train CPU s, eval mean)
-
-    def make_sampler(*args, **kwargs):
-        sampler = original_make_sampler(*args, **kwargs)
-        initialize = sampler.initialize
-
-        def timed_initialize(agent):
-            clock.start()
-            return initialize(agent)
-
-        sampler.initialize = timed_initialize
-        return sampler
-
-    def timed_evaluate(*args, **kwargs):
-        wall, cpu = clock.now()
-        with clock.excluded():
-            returns = original_evaluate(*args, **kwargs)
-        at_eval.append((wall, cpu, float(returns.mean())))
-        return returns
-
-    train_module.make_sampler, train_module.evaluate = make_sampler, timed_evaluate
+    at_eval = instrument_asyncrl_train(clock)
     with tempfile.TemporaryDirectory(prefix="bench_ppo_asyncrl_") as tmp:
         cfg = asyncrl.resolve_config(
             "ppo",
@@ -180,22 +139,8 @@ def run_asyncrl(seed: int, steps: int, eval_every: int, extra_sets: list[str]) -
         wall_start = time.perf_counter()
         result = asyncrl.train(cfg)
         wall = time.perf_counter() - wall_start
-        with open(Path(cfg.run_dir) / "progress.csv", newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r["eval_return_mean"] not in ("", None)]
-    if len(rows) != len(at_eval):
-        raise SystemExit(f"{len(rows)} eval rows in progress.csv but {len(at_eval)} evaluations")
-    evals = []
-    for row, (train_s, train_cpu_s, eval_mean) in zip(rows, at_eval):
-        if abs(float(row["eval_return_mean"]) - eval_mean) > 0.01:
-            raise SystemExit(f"progress.csv eval {row['eval_return_mean']} != measured {eval_mean}")
-        evals.append(
-            {
-                "env_steps": int(row["env_steps"]),
-                "train_s": train_s,
-                "train_cpu_s": train_cpu_s,
-                "eval_return_mean": eval_mean,
-            }
-        )
+        rows = read_eval_rows(cfg.run_dir)
+    evals = match_evals(rows, at_eval)
     return {
         "evals": evals,
         "eval_s": clock.excluded_wall,
@@ -209,53 +154,9 @@ def run_sb3(seed: int, steps: int, eval_every: int, extra_sets: list[str]) -> di
 
     torch.set_num_threads(1)
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
 
     clock = TrainClock()
-
-    class TimedEval(BaseCallback):
-        """Evaluates after each update that crosses a multiple of ``eval_every`` env steps (at
-        the next rollout's start) and at the end, off the training clock."""
-
-        def __init__(self, eval_env):
-            super().__init__()
-            self.eval_env = eval_env
-            self.next_eval = eval_every
-            self.evals: list[dict] = []
-
-        def _evaluate(self) -> None:
-            train_s, train_cpu_s = clock.now()
-            with clock.excluded():
-                returns, _ = evaluate_policy(
-                    self.model,
-                    self.eval_env,
-                    n_eval_episodes=EVAL_EPISODES,
-                    deterministic=True,
-                    return_episode_rewards=True,
-                )
-            self.evals.append(
-                {
-                    "env_steps": int(self.num_timesteps),
-                    "train_s": train_s,
-                    "train_cpu_s": train_cpu_s,
-                    "eval_return_mean": float(sum(returns) / len(returns)),
-                }
-            )
-
-        def _on_rollout_start(self) -> None:
-            if self.num_timesteps >= self.next_eval:
-                self._evaluate()
-                while self.next_eval <= self.num_timesteps:
-                    self.next_eval += eval_every
-
-        def _on_step(self) -> bool:
-            return True
-
-        def _on_training_end(self) -> None:
-            if not self.evals or self.evals[-1]["env_steps"] != self.num_timesteps:
-                self._evaluate()
 
     env = make_vec_env(ENV_ID, n_envs=N_ENVS, seed=seed)
     # Like asyncrl's evaluate: min(episodes, 8) envs, the 10 episodes split 2,2,1,...,1 between
@@ -276,7 +177,7 @@ def run_sb3(seed: int, steps: int, eval_every: int, extra_sets: list[str]) -> di
         device="cpu",
         verbose=0,
     )
-    callback = TimedEval(eval_env)
+    callback = sb3_timed_eval(clock, eval_env, eval_every, EVAL_EPISODES)
     wall_start = time.perf_counter()
     clock.start()  # model.learn() resets the envs first, as asyncrl's sampler.initialize does
     model.learn(total_timesteps=steps, callback=callback)
@@ -295,7 +196,6 @@ WORKERS = {"asyncrl": run_asyncrl, "sb3": run_sb3}
 # -- parent: schedule, summarise, record ----------------------------------------------------------
 def launch(lib: str, seed: int, steps: int, eval_every: int, asyncrl_sets: list[str]) -> dict:
     cmd = [
-        sys.executable,
         __file__,
         "--worker",
         lib,
@@ -307,10 +207,7 @@ def launch(lib: str, seed: int, steps: int, eval_every: int, asyncrl_sets: list[
         str(eval_every),
         *(f"--asyncrl-set={item}" for item in asyncrl_sets),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{lib} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_worker(cmd, f"{lib} seed {seed}")
     hit, stay = first_reaching(out["evals"]), first_staying(out["evals"])
     final = out["evals"][-1]
     return {
@@ -341,13 +238,6 @@ def curve_text(evals: list[dict]) -> str:
     return text if shown is evals else f"{text}, then {final:.0f} to the end"
 
 
-def median_or_none(xs: list) -> float | None:
-    """Median counting a run that never reached the target as +infinity (None if that wins)."""
-    vals = sorted(math.inf if x is None else x for x in xs)
-    m = statistics.median(vals)
-    return None if math.isinf(m) else m
-
-
 def fmt(x: float | None, kind: str) -> str:
     if x is None:
         return "not reached"
@@ -360,82 +250,19 @@ def fmt(x: float | None, kind: str) -> str:
     return f"{x:.2f}"
 
 
-def ratio(a: float | None, b: float | None) -> str:
-    return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+COLUMNS = [
+    ("steps_to_target", "env steps to 475", "steps"),
+    ("steps_to_stay", "env steps to stay >= 475", "steps"),
+    ("s_to_target", "wall s to 475", "s"),
+    ("cpu_s_to_target", "CPU s to 475", "s"),
+    ("final_eval", "final eval", "ret"),
+    ("train_s", "wall s, 100k", "s"),
+    ("train_cpu_s", "CPU s, 100k", "s"),
+]
 
 
 def make_table(results: list[dict], seeds: list[int]) -> str:
-    by = {(r["lib"], r["seed"]): r for r in results}
-    cols = [
-        ("steps_to_target", "env steps to 475", "steps"),
-        ("steps_to_stay", "env steps to stay >= 475", "steps"),
-        ("s_to_target", "wall s to 475", "s"),
-        ("cpu_s_to_target", "CPU s to 475", "s"),
-        ("final_eval", "final eval", "ret"),
-        ("train_s", "wall s, 100k", "s"),
-        ("train_cpu_s", "CPU s, 100k", "s"),
-    ]
-    header = "| seed | " + " | ".join(f"{name}: asyncrl | SB3" for _, name, _ in cols) + " |"
-    lines = [header, "|---" + "|---:" * (2 * len(cols)) + "|"]
-    for seed in seeds:
-        cells = []
-        for key, _, kind in cols:
-            cells += [fmt(by[("asyncrl", seed)][key], kind), fmt(by[("sb3", seed)][key], kind)]
-        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
-    medians: dict[tuple[str, str], float | None] = {}
-    cells = []
-    for key, _, kind in cols:
-        for lib in ("asyncrl", "sb3"):
-            medians[(lib, key)] = median_or_none([by[(lib, s)][key] for s in seeds])
-            cells.append(fmt(medians[(lib, key)], kind))
-    lines.append("| **median** | " + " | ".join(cells) + " |")
-    cells = []
-    for key, _, _ in cols:
-        cells += [ratio(medians[("asyncrl", key)], medians[("sb3", key)]), ""]
-    lines.append("| **asyncrl / SB3** | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def machine_line() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(
-            ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    return f"{os.cpu_count()} cores, CPU only, `{model}`"
-
-
-def versions_line() -> str:
-    def v(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "missing"
-
-    return (
-        f"Python {platform.python_version()}, torch {v('torch')}, stable-baselines3 "
-        f"{v('stable_baselines3')}, gymnasium {v('gymnasium')}, numpy {v('numpy')}"
-    )
-
-
-def git_line() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "asyncrl"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "asyncrl: unknown commit"
-    return f"asyncrl at {head}" + (" + uncommitted changes in asyncrl/" if dirty else "")
+    return comparison_table({(r["lib"], r["seed"]): r for r in results}, seeds, COLUMNS, fmt)
 
 
 def main() -> None:
@@ -523,11 +350,7 @@ that never reaches 475 counts as infinitely slow). Reference: {ISSUE_SB3_REFEREN
 Evaluation curves (k env steps: mean return):
 {curves}
 """
-    results_path = Path(__file__).with_name("RESULTS.md")
-    if not results_path.exists():
-        results_path.write_text("# Benchmark results\n")
-    with results_path.open("a") as f:
-        f.write(section)
+    results_path = append_results(section)
     print(f"\nappended to {results_path}")
 
 

@@ -32,21 +32,28 @@ code decides.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import datetime
-import importlib
 import json
-import math
 import os
-import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402  (bench/ is not a package)
+    TrainClock,
+    append_results,
+    comparison_table,
+    git_line,
+    instrument_asyncrl_train,
+    machine_line,
+    match_evals,
+    read_eval_rows,
+    run_worker,
+    sb3_timed_eval,
+    versions_line,
+)
 
 ENV_ID = "Pendulum-v1"
 TARGET = -200.0
@@ -57,29 +64,6 @@ ISSUE_SB3_REFERENCE = (
     "issue 6, SB3 on this machine type: about 40 env steps/s (about 500 s for 20k steps); SAC "
     "reaches -200 after about 5.7k steps and 124 s, TD3 after about 7k steps and 152 s"
 )
-
-
-class TrainClock:
-    """Wall-clock and process-CPU seconds since ``start()``, less the ``excluded()`` blocks."""
-
-    def start(self) -> None:
-        self.t0, self.c0 = time.perf_counter(), time.process_time()
-        self.excluded_wall = self.excluded_cpu = 0.0
-
-    def now(self) -> tuple[float, float]:
-        return (
-            time.perf_counter() - self.t0 - self.excluded_wall,
-            time.process_time() - self.c0 - self.excluded_cpu,
-        )
-
-    @contextlib.contextmanager
-    def excluded(self):
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            self.excluded_wall += time.perf_counter() - wall
-            self.excluded_cpu += time.process_time() - cpu
 
 
 # -- workers (one fresh process per run) ---------------------------------------------------------
@@ -122,51 +106,13 @@ def run_asyncrl(algo: str, seed: int, steps: int, eval_every: int) -> dict:
     torch.set_num_threads(1)
     import asyncrl
 
-    # Instrument the training loop from outside: the clock starts where train() starts its own
-    # (just before sampler.initialize, the first env reset); each evaluation is taken off it.
-    train_module = importlib.import_module("asyncrl.runners.train")
-    original_make_sampler, original_evaluate = train_module.make_sampler, train_module.evaluate
     clock = TrainClock()
-    at_eval: list[tuple[float, float, float]] = []
-
-    def make_sampler(*args, **kwargs):
-        sampler = original_make_sampler(*args, **kwargs)
-        initialize = sampler.initialize
-
-        def timed_initialize(agent):
-            clock.start()
-            return initialize(agent)
-
-        sampler.initialize = timed_initialize
-        return sampler
-
-    def timed_evaluate(*args, **kwargs):
-        wall, cpu = clock.now()
-        with clock.excluded():
-            returns = original_evaluate(*args, **kwargs)
-        at_eval.append((wall, cpu, float(returns.mean())))
-        return returns
-
-    train_module.make_sampler, train_module.evaluate = make_sampler, timed_evaluate
+    at_eval = instrument_asyncrl_train(clock)
     with tempfile.TemporaryDirectory(prefix="bench_qpg_asyncrl_") as tmp:
         cfg = asyncrl_config(algo, seed, steps, eval_every, str(Path(tmp) / "run"))
         result = asyncrl.train(cfg)
-        with open(Path(cfg.run_dir) / "progress.csv", newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r["eval_return_mean"] not in ("", None)]
-    if len(rows) != len(at_eval):
-        raise SystemExit(f"{len(rows)} eval rows in progress.csv but {len(at_eval)} evaluations")
-    evals = []
-    for row, (train_s, train_cpu_s, eval_mean) in zip(rows, at_eval):
-        if abs(float(row["eval_return_mean"]) - eval_mean) > 0.01:
-            raise SystemExit(f"progress.csv eval {row['eval_return_mean']} != measured {eval_mean}")
-        evals.append(
-            {
-                "env_steps": int(row["env_steps"]),
-                "train_s": train_s,
-                "train_cpu_s": train_cpu_s,
-                "eval_return_mean": eval_mean,
-            }
-        )
+        rows = read_eval_rows(cfg.run_dir)
+    evals = match_evals(rows, at_eval)
     return {"evals": evals, "eval_s": clock.excluded_wall, "final_env_steps": result.env_steps}
 
 
@@ -192,58 +138,14 @@ def run_sb3(algo: str, seed: int, steps: int, eval_every: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
 
     clock = TrainClock()
-
-    class TimedEval(BaseCallback):
-        """Evaluates once the step count reaches a multiple of ``eval_every``, at the start of
-        the next rollout (after the update of that step), and at the end, off the clock."""
-
-        def __init__(self, eval_env):
-            super().__init__()
-            self.eval_env = eval_env
-            self.next_eval = eval_every
-            self.evals: list[dict] = []
-
-        def _evaluate(self) -> None:
-            train_s, train_cpu_s = clock.now()
-            with clock.excluded():
-                returns, _ = evaluate_policy(
-                    self.model,
-                    self.eval_env,
-                    n_eval_episodes=EVAL_EPISODES,
-                    deterministic=True,
-                    return_episode_rewards=True,
-                )
-            self.evals.append(
-                {
-                    "env_steps": int(self.num_timesteps),
-                    "train_s": train_s,
-                    "train_cpu_s": train_cpu_s,
-                    "eval_return_mean": float(sum(returns) / len(returns)),
-                }
-            )
-
-        def _on_rollout_start(self) -> None:
-            if self.num_timesteps >= self.next_eval:
-                self._evaluate()
-                while self.next_eval <= self.num_timesteps:
-                    self.next_eval += eval_every
-
-        def _on_step(self) -> bool:
-            return True
-
-        def _on_training_end(self) -> None:
-            if not self.evals or self.evals[-1]["env_steps"] != self.num_timesteps:
-                self._evaluate()
 
     env = make_vec_env(ENV_ID, n_envs=1, seed=seed)
     eval_env = make_vec_env(ENV_ID, n_envs=EVAL_ENVS, seed=seed + 10_000)
     model = sb3_model(algo, seed, env)
-    callback = TimedEval(eval_env)
+    callback = sb3_timed_eval(clock, eval_env, eval_every, EVAL_EPISODES)
     clock.start()  # learn() resets the env first, as asyncrl's sampler.initialize does
     model.learn(total_timesteps=steps, callback=callback)
     return {
@@ -303,12 +205,9 @@ WORKERS = {"asyncrl": run_asyncrl, "sb3": run_sb3}
 
 # -- parent: schedule, summarise, record ----------------------------------------------------------
 def launch(lib: str, algo: str, seed: int, steps: int, eval_every: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", lib, "--algos", algo, "--seeds", str(seed)]
+    cmd = [__file__, "--worker", lib, "--algos", algo, "--seeds", str(seed)]
     cmd += ["--steps", str(steps), "--eval-every", str(eval_every)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{lib} {algo} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_worker(cmd, f"{lib} {algo} seed {seed}")
     hit = next((e for e in out["evals"] if e["eval_return_mean"] >= TARGET), None)
     final = out["evals"][-1]
     return {
@@ -328,23 +227,12 @@ def launch(lib: str, algo: str, seed: int, steps: int, eval_every: int) -> dict:
     }
 
 
-def median_or_none(xs: list) -> float | None:
-    """Median counting a run that never reached the target as +infinity (None if that wins)."""
-    vals = sorted(math.inf if x is None else x for x in xs)
-    m = statistics.median(vals)
-    return None if math.isinf(m) else m
-
-
 def fmt(x: float | None, kind: str) -> str:
     if x is None:
         return "not reached"
     if kind == "steps":
         return f"{x / 1000:.1f}k"
     return f"{x:.1f}"
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
 
 
 COLUMNS = [
@@ -360,65 +248,7 @@ COLUMNS = [
 
 def make_table(results: list[dict], algo: str, seeds: list[int]) -> str:
     by = {(r["lib"], r["seed"]): r for r in results if r["algo"] == algo}
-    header = "| seed | " + " | ".join(f"{name}: asyncrl | SB3" for _, name, _ in COLUMNS) + " |"
-    lines = [header, "|---" + "|---:" * (2 * len(COLUMNS)) + "|"]
-    for seed in seeds:
-        cells = []
-        for key, _, kind in COLUMNS:
-            cells += [fmt(by[("asyncrl", seed)][key], kind), fmt(by[("sb3", seed)][key], kind)]
-        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
-    medians: dict[tuple[str, str], float | None] = {}
-    cells = []
-    for key, _, kind in COLUMNS:
-        for lib in ("asyncrl", "sb3"):
-            medians[(lib, key)] = median_or_none([by[(lib, s)][key] for s in seeds])
-            cells.append(fmt(medians[(lib, key)], kind))
-    lines.append("| **median** | " + " | ".join(cells) + " |")
-    cells = []
-    for key, _, _ in COLUMNS:
-        cells += [ratio(medians[("asyncrl", key)], medians[("sb3", key)]), ""]
-    lines.append("| **asyncrl / SB3** | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def machine_line() -> str:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError, StopIteration):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(
-            ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")
-        )
-    return f"{os.cpu_count()} cores, CPU only, `{model}`"
-
-
-def versions_line() -> str:
-    def v(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "missing"
-
-    return (
-        f"Python {platform.python_version()}, torch {v('torch')}, stable-baselines3 "
-        f"{v('stable_baselines3')}, gymnasium {v('gymnasium')}, numpy {v('numpy')}"
-    )
-
-
-def git_line() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "asyncrl"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "asyncrl: unknown commit"
-    return f"asyncrl at {head}" + (" + uncommitted changes in asyncrl/" if dirty else "")
+    return comparison_table(by, seeds, COLUMNS, fmt)
 
 
 def plot_curves(runs: list[dict], path: Path) -> None:
@@ -479,25 +309,14 @@ def curves_from_results(path: Path) -> list[dict]:
     return runs
 
 
-def append_results(section: str) -> None:
-    path = Path(__file__).with_name("RESULTS.md")
-    if not path.exists():
-        path.write_text("# Benchmark results\n")
-    with path.open("a") as f:
-        f.write(section)
-
-
 def main_updates(args, command: str) -> None:
     started = datetime.datetime.now().astimezone()
     load_before = os.getloadavg()
     rows = []
     for algo in args.algos:
-        cmd = [sys.executable, __file__, "--worker", "updates", "--algos", algo]
+        cmd = [__file__, "--worker", "updates", "--algos", algo]
         cmd += ["--rounds", str(args.rounds)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"updates {algo} failed:\n{proc.stderr[-3000:]}")
-        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        out = run_worker(cmd, f"updates {algo}")
         rows.append(
             f"| {algo.upper()} | {out['asyncrl']:.2f} | {out['sb3']:.2f} | "
             f"{out['asyncrl'] / out['sb3']:.2f} | "
