@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from asyncrl.agents.dqn import DqnAgent, linear_schedule
+from asyncrl.algos.optim import clip_grad_norm, frozen_copy, make_adam
 from asyncrl.data import to_torch, tree_leaves
 from asyncrl.models.noisy import reset_noise
 from asyncrl.models.policies import is_image_space
@@ -80,16 +81,10 @@ class DQN:
 
     def __init__(self, agent: DqnAgent, config: DQNConfig, seed: int = 0):
         self.agent, self.config = agent, config
-        self.target = _copy_module(agent.model)
+        self.target = frozen_copy(agent.model)
         self.params = list(agent.model.parameters())
-        self.optimizer = torch.optim.Adam(
-            self.params,
-            lr=config.learning_rate,
-            eps=config.adam_eps,
-            # One fused kernel for all parameters instead of ~10 ops per parameter tensor: the
-            # same update, a third of the time on CPU at CartPole sizes (see bench/RESULTS.md).
-            fused=_fused_adam_ok(agent.device),
-        )
+        # Fused Adam: the same update, a third of the time on CPU at CartPole sizes.
+        self.optimizer = make_adam(self.params, config.learning_rate, config.adam_eps)
         self.replay = None
         self._pending_replay_state = None
         self._block_numpy = None  # preallocated replay minibatches, filled in place
@@ -249,15 +244,7 @@ class DQN:
         return self._block_torch if whole else self._block_torch[:n]
 
     def _clip_gradients(self) -> None:
-        """grad *= min(1, max_norm / (||grad||_2 + 1e-6)) over all parameters at once: the
-        formula of ``torch.nn.utils.clip_grad_norm_``, in four foreach ops (its per-call
-        grouping by device and dtype costs more than the arithmetic at these sizes)."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads:
-            return
-        total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        scale = (self.config.max_grad_norm / (total_norm + 1e-6)).clamp_(max=1.0)
-        torch._foreach_mul_(grads, scale)
+        clip_grad_norm(self.params, self.config.max_grad_norm)
 
     def optimize(self, batch, progress: float) -> dict[str, float]:
         cfg, agent = self.config, self.agent
@@ -355,28 +342,3 @@ class DQN:
             # Saved without its replay (save_replay = false): the buffer restarts empty, so wait
             # for learning_starts new steps before updating, as at the start of a run.
             self._learning_resumes_at = self.env_steps + self.config.learning_starts
-
-
-def _fused_adam_ok(device: torch.device) -> bool:
-    """Torch has fused Adam kernels for CPU and CUDA (torch >= 2.4 for CPU)."""
-    if device.type not in ("cpu", "cuda"):
-        return False
-    try:
-        torch.optim.Adam([torch.zeros(1, device=device, requires_grad=True)], fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return False
-    return True
-
-
-def _copy_module(module: nn.Module) -> nn.Module:
-    import copy
-
-    target = copy.deepcopy(module)
-    for p in target.parameters():
-        p.requires_grad_(False)
-    return target
-
-
-def huber(x: torch.Tensor, delta: float = 1.0) -> torch.Tensor:
-    a = x.abs()
-    return torch.where(a <= delta, 0.5 * x.pow(2), delta * (a - 0.5 * delta))

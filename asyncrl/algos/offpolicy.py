@@ -156,18 +156,3 @@ class ReplayLearner:
         if not self.config.save_replay:
             # The buffer restarts empty: wait for it to refill before updating again.
             self.config.learning_starts = self.env_steps + self.config.learning_starts
-
-
-def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    target = copy.deepcopy(module)
-    for p in target.parameters():
-        p.requires_grad_(False)
-    return target
-
-
-def adam(params, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
-    """Adam with the fused kernel (one kernel for all parameters instead of ~10 ops per
-    parameter tensor: 0.27 -> 0.10 ms per critic step on CPU); the same update rule."""
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)

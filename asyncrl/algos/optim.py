@@ -1,8 +1,10 @@
 """Optimizer helpers shared by the algorithms: Adam with the fused kernel where torch has one,
-and gradient-norm clipping in a few foreach ops. Owns no algorithm state."""
+gradient-norm clipping in a few foreach ops, frozen target-network copies. Owns no algorithm
+state."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -28,3 +30,11 @@ def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> torch.T
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_(max=1.0))
     return total
+
+
+def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy without gradients (a target network)."""
+    target = copy.deepcopy(module)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target

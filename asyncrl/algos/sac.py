@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import torch
 
 from asyncrl.agents.qpg import QpgAgent
-from asyncrl.algos.offpolicy import ReplayLearner, adam, frozen_copy
+from asyncrl.algos.offpolicy import ReplayLearner
+from asyncrl.algos.optim import frozen_copy, make_adam
 from asyncrl.models.qpg import EnsembleQ, polyak_update
 
 
@@ -59,13 +60,13 @@ class SAC(ReplayLearner):
         self.actor_params = list(agent.model.parameters())
         self.critic_params = list(self.critic.parameters())
         self.critic_target_params = list(self.critic_target.parameters())
-        self.actor_opt = adam(self.actor_params, config.learning_rate)
-        self.critic_opt = adam(self.critic_params, config.learning_rate)
+        self.actor_opt = make_adam(self.actor_params, config.learning_rate)
+        self.critic_opt = make_adam(self.critic_params, config.learning_rate)
         self.target_entropy = config.target_entropy or -float(agent.action_dim)
         self.log_alpha = torch.tensor(
             math.log(config.alpha), device=agent.device, requires_grad=True
         )
-        self.alpha_opt = adam([self.log_alpha], config.learning_rate)
+        self.alpha_opt = make_adam([self.log_alpha], config.learning_rate)
 
     def update(self, s) -> dict:
         cfg, agent = self.config, self.agent

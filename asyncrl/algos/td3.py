@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import torch
 
 from asyncrl.agents.qpg import QpgAgent
-from asyncrl.algos.offpolicy import ReplayLearner, adam, frozen_copy
+from asyncrl.algos.offpolicy import ReplayLearner
+from asyncrl.algos.optim import frozen_copy, make_adam
 from asyncrl.models.qpg import EnsembleQ, polyak_update
 
 
@@ -71,8 +72,8 @@ class TD3(ReplayLearner):
             self.actor_target.parameters()
         )
         self.online_params = self.critic_params + self.actor_params
-        self.actor_opt = adam(self.actor_params, config.actor_lr)
-        self.critic_opt = adam(
+        self.actor_opt = make_adam(self.actor_params, config.actor_lr)
+        self.critic_opt = make_adam(
             self.critic_params,
             config.critic_lr,
             weight_decay=getattr(config, "critic_weight_decay", 0.0),
