@@ -37,21 +37,66 @@ def register_algo(entry: AlgoEntry) -> None:
 
 
 def _pg_agent(obs_space, action_space, model_config, device, algo_config):
-    from asyncrl.agents.pg import PgAgent
-
     import torch
+
+    from asyncrl.agents.pg import PgAgent
 
     # The per-env sampling streams derive from the run's seed, identical in every process.
     return PgAgent(obs_space, action_space, model_config, device, seed=torch.initial_seed())
 
 
-register_algo(AlgoEntry("ppo", PPOConfig, "onpolicy", _pg_agent, PPO, "Proximal Policy Optimization"))
-register_algo(AlgoEntry("dqn", DQNConfig, "offpolicy", make_dqn_agent, DQN, "Deep Q-Network (double, dueling, PER, n-step)"))
-register_algo(AlgoEntry("c51", C51Config, "offpolicy", make_dqn_agent, C51, "Categorical DQN (C51)"))
-register_algo(AlgoEntry("rainbow", RainbowConfig, "offpolicy", make_dqn_agent, C51, "Rainbow (C51+double+dueling+PER+n-step+noisy)"))
+register_algo(
+    AlgoEntry("ppo", PPOConfig, "onpolicy", _pg_agent, PPO, "Proximal Policy Optimization")
+)
+register_algo(
+    AlgoEntry(
+        "dqn",
+        DQNConfig,
+        "offpolicy",
+        make_dqn_agent,
+        DQN,
+        "Deep Q-Network (double, dueling, PER, n-step)",
+    )
+)
+register_algo(
+    AlgoEntry("c51", C51Config, "offpolicy", make_dqn_agent, C51, "Categorical DQN (C51)")
+)
+register_algo(
+    AlgoEntry(
+        "rainbow",
+        RainbowConfig,
+        "offpolicy",
+        make_dqn_agent,
+        C51,
+        "Rainbow (C51+double+dueling+PER+n-step+noisy)",
+    )
+)
 register_algo(AlgoEntry("sac", SACConfig, "offpolicy", make_sac_agent, SAC, "Soft Actor-Critic"))
 register_algo(AlgoEntry("td3", TD3Config, "offpolicy", make_td3_agent, TD3, "Twin Delayed DDPG"))
-register_algo(AlgoEntry("ddpg", DDPGConfig, "offpolicy", make_td3_agent, DDPG, "Deep Deterministic Policy Gradient"))
+register_algo(
+    AlgoEntry(
+        "ddpg", DDPGConfig, "offpolicy", make_td3_agent, DDPG, "Deep Deterministic Policy Gradient"
+    )
+)
 register_algo(AlgoEntry("a2c", A2CConfig, "onpolicy", _pg_agent, A2C, "Advantage Actor-Critic"))
 
-__all__ = ["A2C", "ALGOS", "C51", "DQN", "PPO", "A2CConfig", "AlgoEntry", "C51Config", "DQNConfig", "PPOConfig", "RainbowConfig", "register_algo", "DDPG", "DDPGConfig", "SAC", "SACConfig", "TD3", "TD3Config"]
+__all__ = [
+    "A2C",
+    "ALGOS",
+    "C51",
+    "DQN",
+    "PPO",
+    "A2CConfig",
+    "AlgoEntry",
+    "C51Config",
+    "DQNConfig",
+    "PPOConfig",
+    "RainbowConfig",
+    "register_algo",
+    "DDPG",
+    "DDPGConfig",
+    "SAC",
+    "SACConfig",
+    "TD3",
+    "TD3Config",
+]
