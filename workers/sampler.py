@@ -247,6 +247,7 @@ async def worker_main(args) -> int:
             if parent and not _alive(parent):
                 log.warning("parent %d is gone; exiting", parent)
                 orphaned = True
+                _remove_orphaned_ipc(args.connect)
                 stop.set()
                 break
             if time.monotonic() - last_heard > args.dead_after:
@@ -462,6 +463,24 @@ def _report_failure(stop: asyncio.Event):
             stop.set()
 
     return cb
+
+
+def _remove_orphaned_ipc(endpoint: str) -> None:
+    """The coordinator died without cleaning up: remove its ipc socket folder (asyncrl-*)."""
+    if not endpoint.startswith("ipc://"):
+        return
+    sock_path = endpoint[len("ipc://") :]
+    folder = os.path.dirname(sock_path)
+    if not os.path.basename(folder).startswith("asyncrl-"):
+        return
+    try:
+        os.unlink(sock_path)
+    except OSError:
+        pass
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass  # another worker got there first, or something else lives there
 
 
 def _alive(pid: int) -> bool:

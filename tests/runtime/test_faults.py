@@ -339,9 +339,12 @@ def test_workers_exit_when_the_training_process_is_killed(tmp_path):
         started = lambda: (run_dir / "progress.csv").exists()  # noqa: E731
         assert wait_until(lambda: started() or proc.poll() is not None, 120)
         assert proc.poll() is None, (tmp_path / "out.txt").read_text()
-        pids = [w.pid for w in worker_processes(proc.pid)]
+        workers = worker_processes(proc.pid)
+        pids = [w.pid for w in workers]
         assert len(pids) == 2
         segments = shm_mapped_by(pids)
+        connect = workers[0].cmdline()[workers[0].cmdline().index("--connect") + 1]
+        ipc_dir = os.path.dirname(connect.removeprefix("ipc://"))
         proc.kill()
         t0 = time.monotonic()
         finish(proc, 10)
@@ -355,3 +358,5 @@ def test_workers_exit_when_the_training_process_is_killed(tmp_path):
                 os.kill(pid, signal.SIGKILL)
     assert took < 5.0, took  # a heartbeat period (1 s) or two
     assert wait_until(lambda: not segments & shm_segments(), 5), segments & shm_segments()
+    # ... and the coordinator's ipc socket folder, which nobody else is left to remove.
+    assert wait_until(lambda: not os.path.exists(ipc_dir), 5), ipc_dir
