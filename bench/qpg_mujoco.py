@@ -12,12 +12,14 @@ started in the background and restarted until every run is done:
     nohup python bench/qpg_mujoco.py > bench_qpg_mujoco.log 2>&1 &
     python bench/qpg_mujoco.py --report-only      # table, plot and RESULTS.md from what exists
 
-Published figures (``PUBLISHED`` below) are approximate values at 100k steps read by eye off the
-papers' learning curves (mean over their seeds), not tables: TD3 from Fujimoto et al. 2018
+Published figures (``PUBLISHED`` below) are approximate ranges of the mean evaluation return at
+100k steps on the papers' learning curves, not tables: TD3 from Fujimoto et al. 2018
 (arXiv:1802.09477, fig. 5, MuJoCo -v1 envs, 10 seeds), SAC from Haarnoja et al. 2018
-(arXiv:1812.05905, fig. 1, -v2 envs, 5 seeds). The env versions differ from -v5 (same dynamics and
-rewards for these two tasks, but not bit-identical simulators), and one seed here is not a mean:
-read the comparison as "in the published range or not".
+(arXiv:1812.05905, fig. 1, -v2 envs, 5 seeds). They were recalled from those figures, not
+re-measured on them (the papers could not be opened where this was written): check them against
+the figures before quoting them. The env versions differ from -v5 (same tasks and rewards, not
+bit-identical simulators), and one seed here is not a mean over seeds: read the comparison as "in
+the published range or not".
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 
 ENVS = ["HalfCheetah-v5", "Hopper-v5"]
 ALGOS = ["sac", "td3"]
-# (low, high) of the published mean evaluation return at 100k env steps, read off the curves.
+# (low, high): approximate published mean evaluation return at 100k env steps (see above).
 PUBLISHED = {
     ("td3", "HalfCheetah-v5"): (3000, 5000, "Fujimoto et al. 2018, fig. 5 (HalfCheetah-v1)"),
     ("td3", "Hopper-v5"): (1000, 3000, "Fujimoto et al. 2018, fig. 5 (Hopper-v1)"),
@@ -99,7 +101,7 @@ def plot(results: dict, steps: int, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(ENVS), figsize=(6 * len(ENVS), 4))
     for ax, env_id in zip(axes, ENVS):
-        for algo, color in zip(ALGOS, ("tab:blue", "tab:orange")):
+        for i, (algo, color) in enumerate(zip(ALGOS, ("tab:blue", "tab:orange"))):
             evals = results.get((algo, env_id), {}).get("evals", [])
             if evals:
                 xs, ys = zip(*evals)
@@ -113,7 +115,7 @@ def plot(results: dict, steps: int, path: Path) -> None:
                 )
             low, high, _ = PUBLISHED[(algo, env_id)]
             ax.errorbar(
-                [steps / 1000], [(low + high) / 2], yerr=[[(high - low) / 2]], fmt="s",
+                [steps / 1000 + 2 * i - 1], [(low + high) / 2], yerr=[[(high - low) / 2]], fmt="s",
                 color=color, capsize=4, alpha=0.6, label=f"published {algo.upper()} at {steps // 1000}k (approx.)",
             )  # fmt: skip
         ax.set_title(env_id)
@@ -146,7 +148,7 @@ def collect(runs_dir: Path, seed: int) -> dict:
 def make_table(results: dict, steps: int) -> str:
     lines = [
         f"| algo | env | env steps done | eval at {steps // 1000}k | best eval | published at "
-        f"{steps // 1000}k (approx., read off curves) | source | wall s (incl. eval) | env steps/s |",
+        f"{steps // 1000}k (approx. range) | source | wall s (incl. eval) | env steps/s |",
         "|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for algo in ALGOS:
@@ -238,9 +240,10 @@ Machine: {os.cpu_count()} cores, CPU only ({platform.machine()}); 1-minute load 
 
 asyncrl MuJoCo presets (papers' hyperparameters), seed {args.seed}, one run each, evaluation
 every {args.eval_every} env steps with 10 deterministic episodes. The published column is
-approximate, read by eye off the papers' learning curves at {args.steps // 1000}k steps (TD3:
-Fujimoto et al. 2018, arXiv:1802.09477, fig. 5, -v1 envs; SAC: Haarnoja et al. 2018b,
-arXiv:1812.05905, fig. 1, -v2 envs): a range, not a measurement; wall seconds include evaluation.
+an approximate range at {args.steps // 1000}k steps on the papers' learning curves (TD3: Fujimoto et
+al. 2018, arXiv:1802.09477, fig. 5, -v1 envs; SAC: Haarnoja et al. 2018b, arXiv:1812.05905,
+fig. 1, -v2 envs), recalled from the figures rather than re-read from them here: indicative only,
+check the figures before quoting. Wall seconds include evaluation.
 Plot: `{args.plot.name}`.
 
 {table}
