@@ -15,33 +15,18 @@ from asyncrl.algos.sac import SAC, SACConfig, make_sac_agent
 from asyncrl.data import buffer_from_example
 from asyncrl.replay import ReplaySample
 from asyncrl.samplers.base import SampleBatch, samples_example
+from tests.algos._qpg_helpers import OBS_SPACE, make_learner
+from tests.algos._qpg_helpers import random_sample as _random_sample
 
-OBS_SPACE = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 ACTION_SPACE = gym.spaces.Box(np.array([-2.0, 0.0], np.float32), np.array([2.0, 1.0], np.float32))
 
 
 def make_sac(**kw) -> SAC:
-    base = dict(hidden_sizes=[32, 32], batch_size=16, buffer_size=1000, learning_starts=20)
-    base.update(kw)
-    cfg = SACConfig(**base)
-    torch.manual_seed(0)
-    agent = make_sac_agent(OBS_SPACE, ACTION_SPACE, None, "cpu", cfg)
-    return SAC(agent, cfg, seed=0)
+    return make_learner(SAC, SACConfig, make_sac_agent, ACTION_SPACE, **kw)
 
 
 def random_sample(n: int = 64, seed: int = 0) -> ReplaySample:
-    gen = torch.Generator().manual_seed(seed)
-    low, high = torch.tensor(ACTION_SPACE.low), torch.tensor(ACTION_SPACE.high)
-    return ReplaySample(
-        observation=torch.randn(n, 3, generator=gen),
-        action=low + (high - low) * torch.rand(n, 2, generator=gen),
-        reward=torch.randn(n, generator=gen),
-        done_n=torch.zeros(n, dtype=torch.bool),
-        discount=torch.full((n,), 0.99),
-        next_observation=torch.randn(n, 3, generator=gen),
-        weights=torch.ones(n),
-        indices=torch.arange(n),
-    )
+    return _random_sample(ACTION_SPACE, n, seed)
 
 
 def policy_entropy(sac: SAC, sample: ReplaySample) -> float:

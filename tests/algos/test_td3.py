@@ -11,32 +11,18 @@ import torch
 
 from asyncrl.algos.td3 import TD3, TD3Config, make_td3_agent
 from asyncrl.replay import ReplaySample
+from tests.algos._qpg_helpers import make_learner
+from tests.algos._qpg_helpers import random_sample as _random_sample
 
-OBS_SPACE = gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
 ACTION_SPACE = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
 
 
 def make_td3(**kw) -> TD3:
-    base = dict(hidden_sizes=[32, 32], batch_size=16, buffer_size=1000, learning_starts=20)
-    base.update(kw)
-    cfg = TD3Config(**base)
-    torch.manual_seed(0)
-    agent = make_td3_agent(OBS_SPACE, ACTION_SPACE, None, "cpu", cfg)
-    return TD3(agent, cfg, seed=0)
+    return make_learner(TD3, TD3Config, make_td3_agent, ACTION_SPACE, **kw)
 
 
 def random_sample(n: int = 32, seed: int = 0) -> ReplaySample:
-    gen = torch.Generator().manual_seed(seed)
-    return ReplaySample(
-        observation=torch.randn(n, 3, generator=gen),
-        action=4 * torch.rand(n, 2, generator=gen) - 2,
-        reward=torch.randn(n, generator=gen),
-        done_n=torch.zeros(n, dtype=torch.bool),
-        discount=torch.full((n,), 0.99),
-        next_observation=torch.randn(n, 3, generator=gen),
-        weights=torch.ones(n),
-        indices=torch.arange(n),
-    )
+    return _random_sample(ACTION_SPACE, n, seed)
 
 
 def snapshot(params) -> list[torch.Tensor]:
