@@ -33,8 +33,9 @@ which breaks same-step semantics; hence our own.)
 Atari (ids registered by ale-py, e.g. ``ALE/Pong-v5`` -> ROM ``pong``): ale-py's
 ``AtariVectorEnv`` in ``SameStep`` autoreset mode with the spec's DQN preprocessing
 (``frame_skip`` with max-pooling of the last two frames, ``noop_max`` no-op starts, grayscale
-``screen_size`` x ``screen_size`` frames, ``frame_stack`` frames, no fire reset, no reward
-clipping and no episodic life inside ALE). Life loss (from the ``lives`` counter) and reward
+``screen_size`` x ``screen_size`` frames, ``frame_stack`` frames, FIRE at each game's start
+when ``spec.fire_reset`` (as VecEnv's ``FireReset``), no reward clipping and no episodic life
+inside ALE). Life loss (from the ``lives`` counter) and reward
 clipping are applied here, after the statistics, as VecEnv does. ALE pads the frame stack of a
 fresh episode with zeros while gymnasium's ``FrameStackObservation`` repeats the first frame;
 we repeat the first frame too, so observations are pixel-identical to VecEnv's for the same game
@@ -367,7 +368,7 @@ class NativeAtari(_NativeBase):
             episodic_life=False,
             life_loss_info=False,
             reward_clipping=False,
-            use_fire_reset=False,
+            use_fire_reset=spec.fire_reset,  # ALE presses FIRE only where the game has it
         )
         self.observation_space = gym.spaces.Box(
             0, 255, (spec.frame_stack, spec.screen_size, spec.screen_size), np.uint8

@@ -46,6 +46,10 @@ class EnvSpec:
     terminal_on_life_loss: bool = True  # training only
     clip_reward: bool = True  # training only (sign of the reward)
     repeat_action_probability: float = 0.0  # DQN-paper setting; ALE v5 default is 0.25
+    # Press FIRE once at the start of every game whose action 1 is FIRE (Breakout, Pong, ...),
+    # as the usual Atari wrappers do: without it an untrained or deterministic policy may never
+    # launch the ball and the episode runs to ALE's frame limit. Training and evaluation alike.
+    fire_reset: bool = True
     backend: str = "auto"  # auto | gymnasium | native: vector-env backend (asyncrl/envs/native.py)
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +127,35 @@ def env_family(env_id: str) -> str:
     return "classic"
 
 
+def fires_on_reset(action_meanings: list[str]) -> bool:
+    """Whether a game needs FIRE to start: its action 1 is FIRE (the usual wrappers' test)."""
+    return len(action_meanings) >= 3 and action_meanings[1] == "FIRE"
+
+
+class FireReset(gym.Wrapper):
+    """Presses FIRE for one emulator frame after each reset of games that wait for it (see
+    ``fires_on_reset``), and observes the screen after it: exactly what ale-py's native vector
+    env does with ``use_fire_reset`` (so both backends stay pixel-identical; a test checks).
+    Wraps gymnasium's ``AtariPreprocessing`` and uses its frame buffers to make the obs."""
+
+    def __init__(self, env: gym.wrappers.AtariPreprocessing):
+        super().__init__(env)
+        self._pre = env
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        pre = self._pre
+        pre.unwrapped.ale.act(1)  # one frame, reward 0 at a game's start
+        if pre.unwrapped.ale.game_over():  # never at a game's start; be safe anyway
+            return self.env.reset(**kwargs)
+        if pre.grayscale_obs:
+            pre.ale.getScreenGrayscale(pre.obs_buffer[0])
+        else:
+            pre.ale.getScreenRGB(pre.obs_buffer[0])
+        pre.obs_buffer[1].fill(0)  # as AtariPreprocessing.reset leaves it
+        return pre._get_obs(), info
+
+
 class LifeLossInfo(gym.Wrapper):
     """Adds ``info['life_loss']`` when the ALE lives counter drops (the game goes on)."""
 
@@ -172,6 +205,8 @@ def make_env(spec: EnvSpec, render_mode: str | None = None) -> gym.Env:
                 grayscale_obs=True,
                 scale_obs=False,
             )
+            if spec.fire_reset and fires_on_reset(env.unwrapped.get_action_meanings()):
+                env = FireReset(env)
             env = LifeLossInfo(env)
             env = gym.wrappers.FrameStackObservation(env, spec.frame_stack)
         else:

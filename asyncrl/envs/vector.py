@@ -131,6 +131,16 @@ class VecEnv:
             self._write_obs(b, obs)
         return self.obs, self.reward, self.terminated, self.truncated, final_obs
 
+    def reset_envs(self, envs) -> Any:
+        """Start a new episode in the given envs (continuing their random streams), e.g. after
+        an evaluation cut one short; their episode statistics are discarded. Returns obs."""
+        for b in envs:
+            obs, _ = self.envs[int(b)].reset()
+            self._write_obs(int(b), obs)
+            self._ep_return[b] = 0.0
+            self._ep_length[b] = 0
+        return self.obs
+
     def pop_episode_stats(self) -> EpisodeStats:
         stats = EpisodeStats(self._done_returns, self._done_lengths)
         self._done_returns, self._done_lengths = [], []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asyncrl.envs import EnvSpec, VecEnv
+from asyncrl.envs import EnvSpec, VecEnv, make_vec_env
 
 pytest.importorskip("ale_py")
 
@@ -72,3 +72,31 @@ def test_training_signals_are_clipped_but_stats_are_raw_scores():
     assert train_stats.lengths == raw_stats.lengths == [len(raw_rewards)]
     # lives were lost before the game ended: terminals for the learner, the game went on
     assert life_losses == 2
+
+
+@pytest.mark.parametrize("backend", ["gymnasium", "native"])
+def test_fire_reset_launches_the_ball_for_games_that_wait_for_fire(backend):
+    """Breakout waits for FIRE: with fire_reset an agent that only ever sends NOOP still loses
+    a life (the ball was launched); without it the game stands still for ever."""
+
+    def lives_lost(fire_reset: bool) -> int:
+        spec = EnvSpec(id="ALE/Breakout-v5", fire_reset=fire_reset, backend=backend)
+        with make_vec_env(spec, 1, seed=0, training=True) as env:
+            env.reset()
+            losses = 0
+            for _ in range(400):
+                _, _, terminated, truncated, _ = env.step(np.zeros(1, np.int64))
+                losses += int(terminated[0] and not truncated[0])  # life-loss terminals
+            return losses
+
+    assert lives_lost(True) >= 1
+    assert lives_lost(False) == 0
+
+
+def test_fire_reset_applies_only_where_action_one_is_fire():
+    from asyncrl.envs.spec import fires_on_reset
+
+    assert fires_on_reset(["NOOP", "FIRE", "RIGHT", "LEFT"])  # Breakout
+    assert not fires_on_reset(["NOOP", "UP", "DOWN"])  # Freeway
+    with VecEnv(EnvSpec(id="ALE/Freeway-v5"), 1, seed=0) as env:  # no FIRE: plain reset
+        assert env.reset().shape == (1, 4, 84, 84)
