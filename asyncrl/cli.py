@@ -1,4 +1,4 @@
-"""The ``asyncrl`` command: train, eval, plot (and the runtime's coordinator/worker/keygen).
+"""The ``asyncrl`` command: train, eval, plot, presets (and the runtime's coordinator/worker/keygen).
 
 Owns argument parsing and turning every user mistake into one error line with a non-zero exit
 before heavy work starts. All behaviour lives in the library; this file only wires it.
@@ -45,12 +45,24 @@ _positive_int = _int_at_least(1)
 
 def _presets_epilog() -> str:
     from asyncrl.algos import ALGOS
-    from asyncrl.configs.config import list_presets
+    from asyncrl.configs.config import list_env_presets, list_presets
 
     lines = ["algorithms: " + ", ".join(f"{k} ({v.description})" for k, v in sorted(ALGOS.items()))]
     lines.append(
         "presets (chosen by env family: classic control, atari, mujoco): "
         + ", ".join(list_presets())
+    )
+    per_env = list_env_presets()
+    lines.append(
+        "per-env presets (RL-Zoo / papers' settings for one env id, applied on top of the family "
+        "preset): " + ", ".join(f"{a} {len(ids)}" for a, ids in per_env.items())
+    )
+    lines.append(
+        "settings: dataclass defaults < family preset < per-env preset < --config < flags < --set;"
+        " the run prints the presets it uses."
+    )
+    lines.append(
+        "asyncrl presets lists them all; asyncrl presets ALGO ENV_ID shows what applies and what it sets"
     )
     lines.append(
         "examples: asyncrl train ppo CartPole-v1 | asyncrl train ppo ALE/Pong-v5 --steps 1e6 |"
@@ -111,6 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="import MODULE first (it may register env ids)",
     )
     t.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+    ps = sub.add_parser(
+        "presets",
+        help="list the presets, or show which apply to ALGO on ENV_ID and what they set",
+        description="Without arguments: the family presets and the per-env presets of every "
+        "algorithm. With ALGO: that algorithm's. With ALGO ENV_ID: the preset files that apply, "
+        "in order, and the settings they change from the dataclass defaults.",
+    )
+    ps.add_argument("algo", nargs="?", help="algorithm name")
+    ps.add_argument("env_id", nargs="?", help="gymnasium id (no env is built)")
+    ps.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (it may register env ids)",
+    )
 
     e = sub.add_parser("eval", help="evaluate the latest checkpoint of a run")
     e.add_argument("run_dir")
@@ -184,6 +214,7 @@ def cmd_train(args) -> int:
             validate(cfg)
         if args.no_progress:
             cfg.log.progress = False
+        _report_presets(cfg)
         result = train(cfg)
     status = "interrupted" if result.interrupted else "done"
     print(
@@ -193,6 +224,88 @@ def cmd_train(args) -> int:
     if not result.interrupted:
         return 0
     return 128 + int(result.stop_signal or signal.SIGINT)  # 143 after SIGTERM, 130 after Ctrl-C
+
+
+def _report_presets(cfg) -> None:
+    """Before training: the presets used (one line, stdout) and budget warnings (stderr)."""
+    from asyncrl.configs.config import budget_warnings
+
+    presets = cfg.preset or "none (dataclass defaults)"
+    print(
+        f"presets: {presets} (asyncrl presets {cfg.algo} {cfg.env.id} shows what they set)",
+        flush=True,
+    )
+    for warning in budget_warnings(cfg):
+        print(f"asyncrl train: warning: {warning}", file=sys.stderr, flush=True)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def cmd_presets(args) -> int:
+    from asyncrl.algos import ALGOS
+    from asyncrl.configs.config import (
+        ENV_PRESET_DIR,
+        PRESET_DIR,
+        PRESET_FILE_OF,
+        ConfigError,
+        env_presets,
+        list_presets,
+        preset_changes,
+    )
+
+    if args.algo is not None and args.algo not in ALGOS:
+        raise ConfigError(f"unknown algorithm {args.algo!r}; valid: {', '.join(sorted(ALGOS))}")
+    for mod in args.imports:
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise CliError(f"--import {mod}: {e}") from None
+    if args.env_id is None:
+        algos = [args.algo] if args.algo else sorted(ALGOS)
+        families = list_presets()
+        print(f"family presets ({PRESET_DIR}/ALGO_FAMILY.toml), chosen by the env family:")
+        for a in algos:
+            base = PRESET_FILE_OF.get(a, a)
+            names = [n for n in families if n.rsplit("_", 1)[0] == base]
+            shared = f" (its [{a}] table)" if base != a and names else ""
+            print(f"  {a:8} {', '.join(names) or '-- (dataclass defaults)'}{shared}")
+        print(
+            f"per-env presets ({ENV_PRESET_DIR}/ALGO/ENV_ID.toml), applied on top of the family "
+            "preset for that env id:"
+        )
+        for a in algos:
+            print(f"  {a:8} {', '.join(env_presets(a)) or '--'}")
+        print(
+            "order: dataclass defaults < family preset < per-env preset < --config < flags < --set;"
+            " asyncrl presets ALGO ENV_ID shows what applies and what it sets"
+        )
+        return 0
+    if args.algo is None:  # pragma: no cover - argparse fills algo first
+        raise CliError("presets ENV_ID needs ALGO first")
+    presets, changes = preset_changes(args.algo, args.env_id, imports=args.imports)
+    print(f"{args.algo} on {args.env_id}: " + (" + ".join(n for n, _ in presets) or "no preset"))
+    for name, path in presets:
+        print(f"  {name:28} {path}")
+        comments = [x for x in path.read_text().splitlines() if x.startswith("#")]
+        # the file's first comment line (what it is) and its "Source:" line
+        for line in comments[:1] + [x for x in comments[1:] if x.startswith("# Source:")][:1]:
+            print(f"  {'':28} {line}")
+    if not presets:
+        print("  (no preset file for this algorithm and env family: the dataclass defaults)")
+    if changes:
+        width = max(len(k) for k, *_ in changes)
+        print("settings the presets change (default -> value, set by):")
+        for key, default, value, source in changes:
+            print(f"  {key:{width}}  {_fmt(default)} -> {_fmt(value)}  ({source})")
+    elif presets:
+        print("the presets change no setting from the dataclass defaults")
+    return 0
 
 
 def _check_video_path(video: str) -> None:
@@ -257,16 +370,20 @@ def main(argv: list[str] | None = None) -> int:
     from asyncrl.configs.config import ConfigError
     from asyncrl.envs.spec import EnvError
     from asyncrl.logging.checkpoint import CheckpointError
+    from asyncrl.runtime.coordinator import RuntimeError_
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "presets": cmd_presets}
     handler = handlers.get(args.command) or getattr(args, "handler", None)
     try:
         return handler(args)
     except (CliError, ConfigError, EnvError, CheckpointError) as e:
         print(f"asyncrl {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError_ as e:  # the runtime cannot go on (no workers, ...): one line
+        print(f"asyncrl {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("asyncrl: interrupted", file=sys.stderr)
         return 130

@@ -278,3 +278,112 @@ def test_train_subprocess(tmp_path):
     assert "done: 1024 env steps" in r.stdout
     assert r.stderr == ""  # --no-progress: nothing but the result line
     assert (run / "config.toml").exists() and (run / "checkpoints").is_dir()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["coordinator", "ppo", "CartPole-v1", "--bind", "tcp://0.0.0.0:5555"],
+        ["coordinator", "ppo", "CartPole-v1", "--bind", "tcp://*:5555"],
+        ["coordinator", "ppo", "CartPole-v1", "--bind", "tcp://192.168.1.5:5555"],
+        ["train", "ppo", "CartPole-v1", "--mode", "parallel", "--set",
+         'sampler.bind="tcp://0.0.0.0:5555"'],
+    ],
+)
+def test_non_loopback_bind_without_keys_is_refused_with_how_to_make_keys(argv, capsys):
+    code, out, err = run_cli(argv, capsys)
+    line = assert_one_error_line(code, out, err, "without keys", "asyncrl keygen", "--insecure")
+    assert "0.0.0.0" in line or "*" in line or "192.168.1.5" in line
+
+
+def test_loopback_endpoints_need_no_keys_and_insecure_is_explicit():
+    from asyncrl.runtime.auth import check_bind_security, is_loopback_endpoint
+
+    for ep in ("tcp://127.0.0.1:5555", "tcp://localhost:1", "tcp://[::1]:5", "ipc:///tmp/x"):
+        assert is_loopback_endpoint(ep) and check_bind_security(ep, "", False) == ""
+    for ep in ("tcp://0.0.0.0:5555", "tcp://*:5555", "tcp://eth0:5555", "tcp://10.0.0.1:5"):
+        assert not is_loopback_endpoint(ep)
+        assert check_bind_security(ep, "", False)
+        assert check_bind_security(ep, "keys/", False) == ""  # CURVE keys given
+        assert check_bind_security(ep, "", True) == ""  # the user said --insecure
+
+
+# -- presets: the run names them and warns about its budget; asyncrl presets -----------------------
+
+
+def _stub_training(monkeypatch):
+    """asyncrl.runners.train.train replaced: record the config, stop before any env is built."""
+    seen = {}
+
+    def fake_train(cfg=None, **kwargs):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(importlib.import_module("asyncrl.runners.train"), "train", fake_train)
+    return seen
+
+
+def test_train_prints_the_presets_and_budget_warnings(capsys, monkeypatch):
+    seen = _stub_training(monkeypatch)
+    code, out, err = run_cli(
+        ["train", "td3", "Hopper-v5", "--steps", "5000", "--no-progress"], capsys
+    )
+    assert code == 0 and seen["cfg"].preset == "td3_mujoco + td3/Hopper-v5"
+    assert out.count("\n") == 1 and "presets: td3_mujoco + td3/Hopper-v5" in out
+    assert "asyncrl presets td3 Hopper-v5" in out
+    (line,) = err.splitlines()
+    assert line.startswith("asyncrl train: warning: td3.learning_starts = 10000 >= steps = 5000")
+    assert "--set td3.learning_starts=N" in line
+    # eval and checkpoint intervals longer than the run, one line each
+    code, out, err = run_cli(
+        [
+            "train", "td3", "Hopper-v5", "--steps", "3000", "--no-progress",
+            "--set", "td3.learning_starts=100", "--set", "log.checkpoint_every=4000",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    lines = err.splitlines()
+    assert len(lines) == 2 and all("asyncrl train: warning:" in x for x in lines)
+    assert "log.eval_every = 5000 > steps = 3000" in lines[0]
+    assert "log.checkpoint_every = 4000 > steps = 3000" in lines[1]
+    # a budget that fits: the preset line only, nothing on stderr
+    code, out, err = run_cli(["train", "ppo", "CartPole-v1", "--steps", "1024"], capsys)
+    assert code == 0 and err == "" and "presets: ppo_classic (" in out
+    code, out, err = run_cli(["train", "a2c", "Pusher-v5"], capsys)
+    assert code == 0 and "presets: none (dataclass defaults)" in out
+
+
+def test_presets_lists_family_and_per_env_presets(capsys):
+    code, out, err = run_cli(["presets"], capsys)
+    assert code == 0 and err == ""
+    for name in ("ppo_classic", "td3_mujoco", "dqn_classic", "Hopper-v5", "Acrobot-v1", "per-env"):
+        assert name in out
+    td3 = next(x for x in out.splitlines() if x.split()[:1] == ["td3"] and "-v5" in x)
+    assert "Hopper-v5" in td3 and "InvertedPendulum-v5" in td3
+    code, out, err = run_cli(["presets", "sac"], capsys)
+    assert code == 0 and "sac_mujoco" in out and "td3_mujoco" not in out
+
+
+def test_presets_explains_what_applies(capsys):
+    code, out, err = run_cli(["presets", "td3", "Hopper-v5"], capsys)
+    assert code == 0 and err == ""
+    assert out.splitlines()[0] == "td3 on Hopper-v5: td3_mujoco + td3/Hopper-v5"
+    assert "td3_mujoco.toml" in out and "envs/td3/Hopper-v5.toml" in out
+    assert "rl-baselines3-zoo" in out  # each file's first comment line names its source
+    (row,) = [x for x in out.splitlines() if "td3.learning_starts" in x]
+    assert "25000 -> 10000" in row and "(td3/Hopper-v5)" in row
+    (row,) = [x for x in out.splitlines() if "log.eval_every" in x]
+    assert "0 -> 5000" in row and "(td3_mujoco)" in row
+    code, out, err = run_cli(["presets", "td3", "Pusher-v5"], capsys)  # family only
+    assert code == 0 and out.splitlines()[0] == "td3 on Pusher-v5: td3_mujoco"
+    code, out, err = run_cli(["presets", "pppo"], capsys)
+    assert_one_error_line(code, out, err, "pppo")
+    code, out, err = run_cli(["presets", "ppo", "CartPol-v1"], capsys)
+    assert_one_error_line(code, out, err, "CartPol-v1", "CartPole-v1")
+
+
+def test_train_help_mentions_per_env_presets(capsys):
+    code, out, err = run_cli(["train", "--help"], capsys)
+    assert code == 0 and "per-env presets" in out and "asyncrl presets" in out
+    assert "family preset < per-env preset < --config" in out

@@ -1,7 +1,8 @@
 """Run configuration as typed dataclasses, serialised to TOML; presets; --set overrides.
 
-Owns: the config schema, resolution order (defaults < family preset < --config file < CLI flags
-< --set), validation with one-line errors, TOML round trip. Must not start anything heavy.
+Owns: the config schema, resolution order (defaults < family preset < per-env preset < --config
+file < CLI flags < --set), validation with one-line errors, TOML round trip, budget warnings.
+Must not start anything heavy.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from typing import Any
 
 import tomli_w
 
-from asyncrl.envs.spec import EnvError, EnvSpec, validate_env_id
+from asyncrl.envs.spec import EnvError, EnvSpec, env_family, validate_env_id
 from asyncrl.models.policies import ModelConfig
 
 PRESET_DIR = Path(__file__).parent
+# Per-env presets: ENV_PRESET_DIR/{algo}/{ENV_ID}.toml (ALE/Pong-v5 -> ALE/Pong-v5.toml).
+ENV_PRESET_DIR = PRESET_DIR / "envs"
 MODES = ("serial", "parallel", "central", "alternating")
 
 
@@ -39,9 +42,20 @@ class SamplerConfig:
     workers: int = 1  # local worker processes (parallel, central, alternating)
     bind: str = ""  # also accept remote workers on this endpoint, e.g. tcp://0.0.0.0:5555
     keys: str = ""  # CURVE key directory (from `asyncrl keygen`) for remote workers
+    insecure: bool = False  # allow a non-loopback bind without keys (anyone may join)
     heartbeat_s: float = 1.0  # heartbeat period between coordinator and workers
     worker_timeout_s: float = 5.0  # a worker silent this long is declared dead
     min_workers: int = 1  # batches wait until this many workers are registered
+    # Remote workers (sampler.bind): what one peer may make the coordinator hold.
+    max_remote_workers: int = 32  # registered at once; more are refused
+    max_remote_envs: int = 1024  # envs of all remote workers together; more are refused
+    max_envs_per_worker: int = 256  # envs one remote worker may ask for
+    remote_grace_s: float = 5.0  # a remote worker later than this (or 2x the round so far)
+    remote_misses: int = 3  # ... has its columns left out; after this many misses it is dropped
+    register_timeout_s: float = 120.0  # sampling waits this long for min_workers, then ends
+    restart_limit: int = 5  # a local worker failing more often without a batch ends the run
+    restart_window_s: float = 60.0  # ... more than restart_limit times within this window
+    restart_backoff_s: float = 0.5  # first delay before restarting it; doubles, at most 8 s
 
 
 @dataclass
@@ -49,6 +63,8 @@ class LogConfig:
     eval_every: int = 0  # env steps between evaluations (0: ten per run; -1: never)
     eval_episodes: int = 10  # episodes per evaluation
     eval_deterministic: bool = True  # greedy / mean action in evaluation
+    eval_max_episode_steps: int = 0  # cap per eval episode (0: Atari 18k frames, else env limit)
+    eval_max_steps: int = 0  # env-step budget per evaluation (0: auto, see runners/evaluation)
     checkpoint_every: int = 0  # env steps between checkpoints (0: ten per run)
     keep_checkpoints: int = 3  # newest checkpoints kept on disk
     tensorboard: bool = True  # write TensorBoard events
@@ -65,6 +81,9 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N
     torch_threads: int = 1  # torch.set_num_threads in the training process (0: torch default)
     run_dir: str = ""  # empty: runs/<algo>_<env>_<time>
+    # Informational, set by resolve_config: the preset files applied, in order, e.g.
+    # "td3_mujoco + td3/Hopper-v5" ("" when none). Changing it changes no setting.
+    preset: str = ""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -211,6 +230,11 @@ def apply_set(cfg: TrainConfig, item: str) -> None:
         raise ConfigError(
             f"--set {item!r}: the algorithm is chosen by the ALGO argument, not --set"
         )
+    if key == "preset":
+        raise ConfigError(
+            f"--set {item!r}: preset only records the preset files applied; they are chosen by "
+            "ALGO and ENV_ID (see asyncrl presets), settings by --config and --set"
+        )
     if parts[0] == cfg.algo:
         target, parts, prefix = cfg.algo_params, parts[1:], cfg.algo + "."
     else:
@@ -235,7 +259,81 @@ def preset_path(algo: str, family: str) -> Path:
 
 
 def list_presets() -> list[str]:
+    """The family presets: the ``{algo}_{family}`` stems of ``PRESET_DIR/*.toml``."""
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def env_presets(algo: str) -> dict[str, Path]:
+    """The per-env presets of ``algo``: env id -> ``ENV_PRESET_DIR/{algo}/{ENV_ID}.toml``."""
+    root = ENV_PRESET_DIR / algo
+    if not root.is_dir():
+        return {}
+    return {
+        p.relative_to(root).as_posix()[: -len(".toml")]: p for p in sorted(root.rglob("*.toml"))
+    }
+
+
+def list_env_presets() -> dict[str, list[str]]:
+    """{algo: [env ids with a per-env preset]} for every algorithm folder under ENV_PRESET_DIR."""
+    if not ENV_PRESET_DIR.is_dir():
+        return {}
+    algos = sorted(d.name for d in ENV_PRESET_DIR.iterdir() if d.is_dir())
+    return {a: sorted(env_presets(a)) for a in algos if env_presets(a)}
+
+
+def applicable_presets(algo: str, env: EnvSpec) -> list[tuple[str, Path]]:
+    """The preset files applied for ``algo`` on ``env`` (its final settings), as (name, path) in
+    the order they are applied: the family preset ``{algo}_{family}`` (c51 and rainbow read dqn's
+    file), then the per-env preset ``{algo}/{ENV_ID}``. A per-env preset is written for the env's
+    own family, so it is skipped when ``env.family`` forces another one. No env is built."""
+    family = _env_family(env)
+    out = []
+    fam = preset_path(algo, family)
+    if fam.exists():
+        out.append((fam.stem, fam))
+    per_env = env_presets(algo).get(env.id)
+    if per_env is not None and env.family in ("auto", env_family(env.id)):
+        out.append((f"{algo}/{env.id}", per_env))
+    return out
+
+
+def _build(
+    algo: str,
+    env_id: str,
+    presets: list[tuple[str, Path]],
+    file_dict: dict[str, Any],
+    config_file: str | None,
+    sets: list[str] | None,
+    overrides: dict[str, Any] | None,
+    imports: list[str] | None,
+) -> TrainConfig:
+    from asyncrl.algos import ALGOS
+
+    cfg = TrainConfig(
+        algo=algo,
+        env=EnvSpec(id=env_id, imports=list(imports or [])),
+        algo_params=ALGOS[algo].config_cls(),
+    )
+    for name, path in presets:
+        apply_toml_dict(cfg, _load_toml(path), f"preset {name}")
+    if file_dict:
+        apply_toml_dict(cfg, file_dict, f"config file {config_file}")
+    cfg.env.id = env_id
+    cfg.env.imports = list(dict.fromkeys([*cfg.env.imports, *(imports or [])]))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            apply_set(cfg, f"{key}={_toml_literal(value)}")
+    for item in sets or []:
+        apply_set(cfg, item)
+    cfg.preset = " + ".join(name for name, _ in presets)
+    return cfg
+
+
+def _check_algo(algo: str) -> None:
+    from asyncrl.algos import ALGOS
+
+    if algo not in ALGOS:
+        raise ConfigError(f"unknown algorithm {algo!r}; valid: {', '.join(sorted(ALGOS))}")
 
 
 def resolve_config(
@@ -246,42 +344,60 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
     imports: list[str] | None = None,
 ) -> TrainConfig:
-    """Build the run's config: defaults < family preset < config file < overrides < --set.
+    """Build the run's config: defaults < family preset < per-env preset < config file <
+    overrides < --set; ``cfg.preset`` names the preset files applied.
 
-    The preset is picked by the env family of the *final* env settings (so ``env.family`` or
-    ``env.id`` given in the config file or with --set choose the preset too): a first pass
-    without a preset finds them, the second pass builds the config on top of that preset.
+    The presets are picked by the *final* env settings (so ``env.family`` or ``env.id`` given in
+    the config file or with --set choose them too): a first pass without presets finds them, the
+    second pass builds the config on top of them (see ``applicable_presets``).
     Nothing heavy happens here: env ids are looked up in the registry, no env is built.
     """
-    from asyncrl.algos import ALGOS
-
-    if algo not in ALGOS:
-        raise ConfigError(f"unknown algorithm {algo!r}; valid: {', '.join(sorted(ALGOS))}")
+    _check_algo(algo)
     file_dict = _load_toml(Path(config_file)) if config_file else {}
-
-    def build(preset: Path | None) -> TrainConfig:
-        cfg = TrainConfig(
-            algo=algo,
-            env=EnvSpec(id=env_id, imports=list(imports or [])),
-            algo_params=ALGOS[algo].config_cls(),
-        )
-        if preset is not None and preset.exists():
-            apply_toml_dict(cfg, _load_toml(preset), f"preset {preset.name}")
-        if file_dict:
-            apply_toml_dict(cfg, file_dict, f"config file {config_file}")
-        cfg.env.id = env_id
-        cfg.env.imports = list(dict.fromkeys([*cfg.env.imports, *(imports or [])]))
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                apply_set(cfg, f"{key}={_toml_literal(value)}")
-        for item in sets or []:
-            apply_set(cfg, item)
-        return cfg
-
-    family = _env_family(build(None).env)
-    cfg = build(preset_path(algo, family))
+    args = (file_dict, config_file, sets, overrides, imports)
+    presets = applicable_presets(algo, _build(algo, env_id, [], *args).env)
+    cfg = _build(algo, env_id, presets, *args)
     validate(cfg)
     return cfg
+
+
+def _flatten(d: dict[str, Any]) -> dict[str, Any]:
+    """TrainConfig.to_dict() -> {dotted key: value}; tables are one level deep (env.kwargs stays
+    one value)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def preset_changes(
+    algo: str, env_id: str, imports: list[str] | None = None
+) -> tuple[list[tuple[str, Path]], list[tuple[str, Any, Any, str]]]:
+    """What the presets do for ``algo`` on ``env_id``: the files applied, as (name, path), and the
+    settings they change from the dataclass defaults, as (dotted key, default, value, name of the
+    last preset that changed it), in config.toml order. No env is built."""
+    _check_algo(algo)
+    args = ({}, None, None, None, imports)
+    base = _build(algo, env_id, [], *args)
+    presets = applicable_presets(algo, base.env)
+    layers = [_flatten(base.to_dict())]
+    for k in range(1, len(presets) + 1):
+        layers.append(_flatten(_build(algo, env_id, presets[:k], *args).to_dict()))
+    changes = []
+    for key, default in layers[0].items():
+        final = layers[-1].get(key)
+        if key == "preset" or final == default:
+            continue
+        source = next(
+            presets[k - 1][0]
+            for k in range(len(layers) - 1, 0, -1)
+            if layers[k].get(key) != layers[k - 1].get(key)
+        )
+        changes.append((key, default, final, source))
+    return presets, changes
 
 
 def _env_family(spec: EnvSpec) -> str:
@@ -293,6 +409,42 @@ def _env_family(spec: EnvSpec) -> str:
 
 def _toml_literal(value: Any) -> str:
     return tomli_w.dumps({"v": value}).partition("=")[2].strip()
+
+
+def budget_warnings(cfg: TrainConfig) -> list[str]:
+    """One-line warnings about settings this run's ``steps`` leaves no room for ([]: none).
+
+    ``learning_starts >= steps`` (no gradient update before the run ends), an evaluation or
+    checkpoint interval longer than the run, one sampler batch as long as the run. Cheap, no
+    side effects: ``asyncrl train`` prints them on stderr before training starts."""
+    out = []
+    steps, algo = cfg.steps, cfg.algo
+    starts = getattr(cfg.algo_params, "learning_starts", None)
+    if isinstance(starts, int) and not isinstance(starts, bool) and starts >= steps:
+        out.append(
+            f"{algo}.learning_starts = {starts} >= steps = {steps}: no gradient update happens "
+            f"before the run ends, so it learns nothing; lower it with "
+            f"--set {algo}.learning_starts=N (e.g. N={steps // 10}) or train longer with --steps"
+        )
+    if cfg.log.eval_every > steps:
+        out.append(
+            f"log.eval_every = {cfg.log.eval_every} > steps = {steps}: only the final evaluation "
+            "runs; set --set log.eval_every=N (0: ten per run)"
+        )
+    if cfg.log.checkpoint_every > steps:
+        out.append(
+            f"log.checkpoint_every = {cfg.log.checkpoint_every} > steps = {steps}: only the final "
+            "checkpoint is written; set --set log.checkpoint_every=N (0: ten per run)"
+        )
+    batch = cfg.sampler.num_envs * cfg.sampler.horizon
+    if batch >= steps:
+        out.append(
+            f"one sampler batch (sampler.num_envs x sampler.horizon = {cfg.sampler.num_envs} x "
+            f"{cfg.sampler.horizon} = {batch} env steps) covers all steps = {steps}: the run "
+            "optimizes once, after its only batch; train longer with --steps or shorten "
+            "sampler.horizon"
+        )
+    return out
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -322,6 +474,12 @@ def validate(cfg: TrainConfig) -> None:
     ):
         if v < 0:
             raise ConfigError(f"{key} must be >= 0, got {v}")
+    for key, v in (
+        ("log.eval_max_episode_steps", cfg.log.eval_max_episode_steps),
+        ("log.eval_max_steps", cfg.log.eval_max_steps),
+    ):
+        if v < 0:
+            raise ConfigError(f"{key} must be >= 0 (0: automatic), got {v}")
     if cfg.log.eval_every < -1:
         raise ConfigError(
             f"log.eval_every must be >= -1 (-1: never, 0: ten per run), got {cfg.log.eval_every}"

@@ -42,6 +42,42 @@ REFUSAL_LOG_INTERVAL_S = 60.0
 """A client retrying with the same unknown key is logged at WARNING at most this often."""
 
 
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """Whether a bind endpoint is reachable from this host only: ``ipc://``/``inproc://``, or
+    ``tcp://`` on 127.0.0.0/8, ::1 or ``localhost``. A wildcard (``*``, 0.0.0.0), an interface
+    name or any other address is not."""
+    import ipaddress
+
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://") :].rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+INSECURE_BIND_HINT = (
+    "make keys with `asyncrl keygen KEYS_DIR` and pass --keys KEYS_DIR "
+    "(or pass --insecure / sampler.insecure=true to accept unauthenticated workers)"
+)
+
+
+def check_bind_security(bind: str, keys: str, insecure: bool) -> str:
+    """'' if ``bind`` may be used as given, else the one-line reason it is refused: a
+    non-loopback bind needs CURVE keys unless the user explicitly asked for ``insecure``."""
+    if not bind or keys or insecure or is_loopback_endpoint(bind):
+        return ""
+    return (
+        f"refusing to bind {bind} without keys: any host that reaches it could join as a "
+        f"worker and feed batches into training; {INSECURE_BIND_HINT}"
+    )
+
+
 class AuthenticationFailed(ConnectionError):
     """The server refused this client's CURVE key (or the handshake failed)."""
 

@@ -32,6 +32,12 @@ def add_subcommands(sub) -> None:
     c.add_argument(
         "--keys", default="", help="CURVE key directory from `asyncrl keygen` (recommended)"
     )
+    c.add_argument(
+        "--insecure",
+        action="store_true",
+        help="accept workers without CURVE keys on a non-loopback --bind (anyone who can reach "
+        "the port can join and feed batches into training)",
+    )
     c.add_argument("--workers", type=int, default=0, help="local worker processes (default 0)")
     c.add_argument(
         "--envs-per-worker", type=int, default=0, help="envs per worker (default: preset)"
@@ -78,6 +84,11 @@ def cmd_coordinator(args) -> int:
         )
     if args.workers < 0:
         raise ConfigError("--workers must be >= 0")
+    from asyncrl.runtime.auth import check_bind_security
+
+    refusal = check_bind_security(args.bind, args.keys, args.insecure)
+    if refusal:
+        raise ConfigError(refusal)
     overrides = {
         "steps": int(args.steps) if args.steps else None,
         "seed": args.seed,
@@ -86,6 +97,7 @@ def cmd_coordinator(args) -> int:
         "sampler.mode": "parallel",
         "sampler.bind": args.bind,
         "sampler.keys": args.keys,
+        "sampler.insecure": args.insecure or None,
         "sampler.min_workers": args.min_workers,
     }
     cfg = resolve_config(args.algo, args.env_id, args.config, args.sets, overrides)

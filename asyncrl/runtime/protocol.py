@@ -35,7 +35,14 @@ import msgpack
 import numpy as np
 import zmq
 
-from asyncrl.data import WireError, flatten, is_namedarraytuple, tree_leaves, unflatten
+from asyncrl.data import (
+    WireError,
+    example_schema,
+    flatten,
+    is_namedarraytuple,
+    tree_leaves,
+    unflatten,
+)
 
 PROTOCOL_VERSION = 1
 """Bump on any change a peer of the previous version could not read (types, keys, meaning)."""
@@ -46,8 +53,16 @@ PROTOCOL_KEY = "asyncrl"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 2**20
 """Largest accepted message (all frames together); Pong 8 envs x T=128 is 29 MB."""
 
-MAX_HEADER_BYTES = 1 * 2**20
-"""Largest accepted header frame (a schema of a few hundred leaves is a few kB)."""
+MAX_HEADER_BYTES = 256 * 2**10
+"""Largest accepted header frame (a schema of a few hundred leaves is a few kB, a worker's
+config a few kB). msgpack expands hostile bytes ~65x into Python objects: 16 MB at most,
+transient (parsed headers are never kept; see the plan cache below)."""
+
+MAX_FRAMES = 1 + 1024
+"""Most frames in a message: the header and up to 1024 array leaves (Samples have ~15)."""
+
+# msgpack containers in a header: no legitimate header has a longer array or a bigger map.
+_UNPACK_LIMITS = {"max_array_len": 65_536, "max_map_len": 4_096}
 
 SHM_NAME_PREFIX = "asyncrl_"
 """Shared-memory segments named in a header must start with this (see asyncrl.data.buffer)."""
@@ -228,7 +243,9 @@ def _assembler(template: Any) -> Any:
 
 def _unpack_schema(schema_bytes: bytes) -> Any:
     try:
-        schema = msgpack.unpackb(schema_bytes, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+        schema = msgpack.unpackb(
+            schema_bytes, raw=False, strict_map_key=True, ext_hook=_refuse_ext, **_UNPACK_LIMITS
+        )
     except ProtocolError:
         raise
     except Exception as e:
@@ -247,14 +264,27 @@ def _first_build(schema_bytes: bytes, buffers: list[Any]) -> tuple[Any, Any]:
         raise ProtocolError(f"frames do not match the schema: {e}") from None
     except (ValueError, TypeError, RecursionError, KeyError) as e:
         raise ProtocolError(f"malformed schema: {type(e).__name__}: {e}"[:200]) from None
-    if len(_PLANS) >= _MAX_PLANS:
-        _PLANS.clear()
-    _PLANS[schema_bytes] = _Plan(schema, tree)
+    # Keep the schema as rebuilt from the tree (``example_schema``): whatever else a peer put
+    # into its schema (unknown keys, padding) is gone before anything is remembered.
+    schema = example_schema(tree)
+    global _PLAN_BYTES
+    if len(schema_bytes) <= _MAX_PLAN_KEY_BYTES:
+        if _PLAN_BYTES + len(schema_bytes) > _MAX_PLAN_BYTES or len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+            _PLAN_BYTES = 0
+        _PLANS[schema_bytes] = _Plan(schema, tree)
+        _PLAN_BYTES += len(schema_bytes)
     return schema, tree
 
 
+# The plan cache: distinct schemas remembered (a peer cycling schemas only costs CPU). Bounded
+# in bytes: keys of at most 64 KiB, 4 MiB of keys in all; a plan holds a canonical schema and
+# one (dtype, shape, nbytes) per leaf, about the size of its key.
 _PLANS: dict[bytes, _Plan] = {}
-_MAX_PLANS = 256  # distinct schemas remembered; a peer cycling schemas only costs CPU
+_PLAN_BYTES = 0
+_MAX_PLANS = 256
+_MAX_PLAN_KEY_BYTES = 64 * 2**10
+_MAX_PLAN_BYTES = 4 * 2**20
 
 
 def _nbytes(frame: Any) -> int:
@@ -284,7 +314,9 @@ def _parse_header(frame: Any) -> tuple[Header, bytes | None]:
     if size > MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        d = msgpack.unpackb(frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+        d = msgpack.unpackb(
+            frame, raw=False, strict_map_key=True, ext_hook=_refuse_ext, **_UNPACK_LIMITS
+        )
     except ProtocolError:
         raise
     except Exception as e:  # any failure to parse foreign bytes is the same verdict
@@ -377,6 +409,8 @@ def decode(frames: list[Any], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tup
     """
     if not isinstance(frames, (list, tuple)) or not frames:
         raise ProtocolError("empty message")
+    if len(frames) > MAX_FRAMES:
+        raise ProtocolError(f"message of {len(frames)} frames exceeds the limit of {MAX_FRAMES}")
     # zmq.Frame -> its memoryview; bytes, memoryviews and arrays are buffers already.
     buffers = [f.buffer if type(f) is _ZmqFrame else f for f in frames]
     total = 0
