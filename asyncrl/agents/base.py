@@ -1,7 +1,8 @@
 """What every agent offers the samplers and the runtime: act on a batch of observations, and
 expose its parameters as plain tensors (what goes over the wire), with a policy version.
 
-Owns parameter export/import; must not know about losses or sockets."""
+Owns parameter export/import and the per-env random streams of acting (``PerEnvNoise``); must
+not know about losses or sockets."""
 
 from __future__ import annotations
 
@@ -12,6 +13,60 @@ import torch
 from torch import nn
 
 from asyncrl.data import tree_map
+
+
+class PerEnvNoise:
+    """One numpy random stream per global env index, seeded from (seed, env index, *key).
+
+    An env's draws depend only on the seed, its index and how many draws it made before, never
+    on which process steps it or which other envs share its batch: serial and parallel sampling
+    see the same noise. ``key`` tells apart streams of the same seed and env that must not be
+    equal (the off-policy agents pass one: ``default_rng([seed, 0])`` is ``default_rng(seed)``,
+    since SeedSequence pads with zeros, which is also the learners' replay-sampling stream)."""
+
+    def __init__(self, seed: int = 0, key: tuple[int, ...] = ()):
+        self.seed, self.key = seed, tuple(key)
+        self.streams: dict[int, np.random.Generator] = {}
+
+    def _stream(self, env_id: int) -> np.random.Generator:
+        g = self.streams.get(env_id)
+        if g is None:
+            g = self.streams[env_id] = np.random.default_rng([self.seed, env_id, *self.key])
+        return g
+
+    def draw(self, env_ids, shape: tuple[int, ...], kind: str) -> np.ndarray:
+        """[len(env_ids), *shape] float32: uniform on [0, 1) or standard normal; row i is one
+        call of env ``env_ids[i]``'s stream (written in place: ~1 us per env)."""
+        ids = env_ids.tolist() if isinstance(env_ids, np.ndarray) else [int(e) for e in env_ids]
+        out = np.empty((len(ids), *shape), np.float32)
+        if out.size == 0:
+            return out
+        streams, stream = self.streams, self._stream
+        uniform = kind == "uniform"
+        for row, e in zip(out.reshape(len(ids), -1), ids):
+            g = streams.get(e) or stream(e)
+            if uniform:
+                g.random(dtype=np.float32, out=row)
+            else:
+                g.standard_normal(dtype=np.float32, out=row)
+        return out
+
+    def state_dict(self) -> dict:
+        return {k: g.bit_generator.state for k, g in self.streams.items()}
+
+    def load_state_dict(self, s: dict) -> None:
+        for k, st in s.items():
+            self._stream(int(k)).bit_generator.state = st
+
+
+# Keys that set the off-policy agents' streams apart from other streams of the run's seed.
+ENV_STREAMS_KEY = (0x0FF,)  # per-env exploration streams (DQN, DDPG/TD3/SAC): [seed, env, 0x0FF]
+ACT_STREAM_KEY = 0xAC7  # their act() (evaluation): SeedSequence(seed, spawn_key=(0xAC7,))
+
+
+def act_stream(seed: int) -> np.random.Generator:
+    """The stream of an off-policy agent's ``act`` (evaluation), apart from every env's."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(ACT_STREAM_KEY,)))
 
 
 class Agent:

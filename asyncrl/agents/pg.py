@@ -7,43 +7,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from asyncrl.agents.base import Agent
+from asyncrl.agents.base import Agent, PerEnvNoise
 from asyncrl.data import namedarraytuple
 from asyncrl.models.policies import ActorCritic, ModelConfig
 
 PgAgentInfo = namedarraytuple("PgAgentInfo", ["value", "log_prob"])
 
-
-class PerEnvNoise:
-    """One numpy random stream per global env index, seeded from (seed, env index)."""
-
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-        self.streams: dict[int, np.random.Generator] = {}
-
-    def _stream(self, env_id: int) -> np.random.Generator:
-        g = self.streams.get(env_id)
-        if g is None:
-            g = self.streams[env_id] = np.random.default_rng([self.seed, env_id])
-        return g
-
-    def draw(self, env_ids, shape: tuple[int, ...], kind: str) -> np.ndarray:
-        out = np.empty((len(env_ids), *shape), np.float32)
-        for i, e in enumerate(env_ids):
-            g = self._stream(int(e))
-            out[i] = (
-                g.random(shape, np.float32)
-                if kind == "uniform"
-                else g.standard_normal(shape, np.float32)
-            )
-        return out
-
-    def state_dict(self) -> dict:
-        return {k: g.bit_generator.state for k, g in self.streams.items()}
-
-    def load_state_dict(self, s: dict) -> None:
-        for k, st in s.items():
-            self._stream(int(k)).bit_generator.state = st
+__all__ = ["PerEnvNoise", "PgAgent", "PgAgentInfo"]
 
 
 class PgAgent(Agent):

@@ -70,7 +70,9 @@ class DQNConfig:
 
 def make_dqn_agent(obs_space, action_space, model_config, device, cfg: DQNConfig) -> DqnAgent:
     v_min, v_max = getattr(cfg, "v_min", -10.0), getattr(cfg, "v_max", 10.0)
-    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    # The per-env exploration streams derive from the run's seed, the same in every process
+    # (workers seed torch with it too): env b explores alike in serial and parallel runs.
+    seed = torch.initial_seed()
     return DqnAgent(
         obs_space, action_space, cfg.q_model_config(), device, v_min, v_max, cfg.eval_epsilon, seed
     )

@@ -35,7 +35,9 @@ class SACConfig:
 
 
 def make_sac_agent(obs_space, action_space, model_config, device, cfg: SACConfig) -> QpgAgent:
-    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    # The per-env exploration streams derive from the run's seed, the same in every process
+    # (workers seed torch with it too): env b explores alike in serial and parallel runs.
+    seed = torch.initial_seed()
     return QpgAgent(
         obs_space,
         action_space,

@@ -36,7 +36,9 @@ class TD3Config:
 
 
 def make_td3_agent(obs_space, action_space, model_config, device, cfg) -> QpgAgent:
-    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    # The per-env exploration streams derive from the run's seed, the same in every process
+    # (workers seed torch with it too): env b explores alike in serial and parallel runs.
+    seed = torch.initial_seed()
     noise = getattr(cfg, "noise", "gaussian")
     return QpgAgent(
         obs_space,

@@ -35,6 +35,7 @@ class Collector:
         timeout_value = buf.env.env_info.timeout_value
         timeout_value[:] = 0
         has_value = hasattr(agent, "value")
+        on_episode_end = getattr(agent, "on_episode_end", None)
         for t in range(horizon):
             buf.env.observation[t] = self.obs
             action, info = agent.step(self.obs, self.env_ids)
@@ -50,6 +51,8 @@ class Collector:
             if done.any():
                 self.prev_action = np.array(action, copy=True)
                 self.prev_action[done] = 0
+                if on_episode_end is not None:  # per-env exploration state (DDPG's OU noise)
+                    on_episode_end(done, self.env_ids)
             else:
                 self.prev_action = action
             for b, o in fo:

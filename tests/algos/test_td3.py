@@ -58,7 +58,9 @@ def test_actor_and_targets_update_exactly_every_policy_delay_critic_updates(dela
 
 
 def test_actor_follows_q1_only():
-    td3 = make_td3(policy_delay=1)
+    # critic_lr 0: the critic step before the actor's leaves Q_1 as it was, so the actor's
+    # gradient is the one computed here, whatever the initial weights
+    td3 = make_td3(policy_delay=1, critic_lr=0.0)
     s = random_sample()
     obs = s.observation
     # gradient of -mean Q_1(s, mu(s)) w.r.t. the actor, computed by hand before the update
@@ -69,7 +71,7 @@ def test_actor_follows_q1_only():
     (-td3.critic(obs, td3.agent.model(obs))[1].mean()).backward()
     q2_grads = [p.grad.clone() for p in td3.actor_params]
     td3.agent.model.zero_grad()
-    td3.update(s)  # one critic step first, then the actor's: its gradient is near Q_1's above
+    td3.update(s)  # one (zero-size) critic step first, then the actor's: Q_1's gradient above
     got = [p.grad for p in td3.actor_params]
     cos_q1 = sum((g * e).sum() for g, e in zip(got, expected_q1)) / (
         torch.sqrt(sum((g * g).sum() for g in got))
