@@ -286,8 +286,15 @@ def test_train_subprocess(tmp_path):
         ["coordinator", "ppo", "CartPole-v1", "--bind", "tcp://0.0.0.0:5555"],
         ["coordinator", "ppo", "CartPole-v1", "--bind", "tcp://*:5555"],
         ["coordinator", "ppo", "CartPole-v1", "--bind", "tcp://192.168.1.5:5555"],
-        ["train", "ppo", "CartPole-v1", "--mode", "parallel", "--set",
-         'sampler.bind="tcp://0.0.0.0:5555"'],
+        [
+            "train",
+            "ppo",
+            "CartPole-v1",
+            "--mode",
+            "parallel",
+            "--set",
+            'sampler.bind="tcp://0.0.0.0:5555"',
+        ],
     ],
 )
 def test_non_loopback_bind_without_keys_is_refused_with_how_to_make_keys(argv, capsys):

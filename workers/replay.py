@@ -9,7 +9,8 @@ messages from one client are handled in order (an APPEND before a SAMPLE is in t
 Messages: receives REPLAY_CONFIG (kind, settings, example step), REPLAY_APPEND (steps [t, B] and
 final observations), REPLAY_SAMPLE (batch size, beta), REPLAY_PRIORITIES, REPLAY_STATE (without
 arrays: send contents; with arrays: load them), HEARTBEAT, STOP; sends REPLAY_OK, REPLAY_BATCH,
-ERROR (meta reason) for a request it cannot serve. Exits when its parent dies.
+ERROR (meta reason) for a request it cannot serve. Exits when its parent dies (checked after a
+second without messages), removing the socket folder its parent can no longer remove.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def serve(bind: str, parent_pid: int = 0, poll_ms: int = 1000) -> int:
     sock.bind(bind)
     buffer = None
     State = None
+    orphaned = False
 
     def reply(peer: bytes, header: Header, tree=None) -> None:
         sock.send_multipart([peer, *encode(header, tree)], copy=False)
@@ -69,6 +71,7 @@ def serve(bind: str, parent_pid: int = 0, poll_ms: int = 1000) -> int:
             if not sock.poll(poll_ms):
                 if parent_pid and os.getppid() != parent_pid:
                     log.warning("parent gone; exiting")
+                    orphaned = True
                     return 0
                 continue
             frames = sock.recv_multipart(copy=False)
@@ -135,6 +138,27 @@ def serve(bind: str, parent_pid: int = 0, poll_ms: int = 1000) -> int:
         sock.close(linger=0)
         ctx.term()
         _ = State
+        if orphaned:  # nobody else is left to remove the socket folder
+            _remove_orphaned_ipc(bind)
+
+
+def _remove_orphaned_ipc(endpoint: str) -> None:
+    """The learner died without stopping us: remove its ipc socket and folder
+    (asyncrl-replay-*, made for this store alone by ReplayService)."""
+    if not endpoint.startswith("ipc://"):
+        return
+    sock_path = endpoint[len("ipc://") :]
+    folder = os.path.dirname(sock_path)
+    if not os.path.basename(folder).startswith("asyncrl-replay-"):
+        return
+    try:
+        os.unlink(sock_path)
+    except OSError:
+        pass
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
 
 
 def main(argv=None) -> int:

@@ -47,14 +47,18 @@ class RemoteActs:
         self.futures: dict[int, asyncio.Future] = {}
         self.seq = 0
 
-    async def request(self, obs, env_ids: np.ndarray, what: str = "act") -> asyncio.Future:
+    async def request(
+        self, obs, env_ids: np.ndarray, what: str = "act", reset: np.ndarray | None = None
+    ) -> asyncio.Future:
+        """Ask for actions (or values) for ``obs`` of envs ``env_ids``; ``reset`` marks the envs
+        whose episode ended on the previous step (the agent restarts their exploration state,
+        e.g. DDPG's OU noise, as the worker-side agent does in parallel mode)."""
         from asyncrl.data import namedarraytuple
         from asyncrl.runtime import Header, MsgType, send
 
         self.seq += 1
         fut = asyncio.get_running_loop().create_future()
         self.futures[self.seq] = fut
-        Req = namedarraytuple("ActRequest", ["observation", "env_ids"])
         header = Header(
             MsgType.ACT_REQUEST,
             run_id=self.run_id,
@@ -62,7 +66,13 @@ class RemoteActs:
             seq=self.seq,
             meta={"what": what},
         )
-        await send(self.sock, header, Req(obs, env_ids.astype(np.int64)))
+        if reset is not None and reset.any():
+            Req = namedarraytuple("ActRequest", ["observation", "env_ids", "reset"])
+            tree = Req(obs, env_ids.astype(np.int64), np.asarray(reset, bool))
+        else:
+            Req = namedarraytuple("ActRequest", ["observation", "env_ids"])
+            tree = Req(obs, env_ids.astype(np.int64))
+        await send(self.sock, header, tree)
         return fut
 
     def on_reply(self, header, tree) -> None:
@@ -272,13 +282,18 @@ async def worker_main(args) -> int:
             except asyncio.TimeoutError:
                 pass
 
+    ended: list = [None] * groups  # episode ends on a batch's last step, per group
+
     async def collect_central(buf):
         """Central/alternating: each group asks for actions while the other group steps."""
         final: list = []
         timeout_value = buf.env.env_info.timeout_value
         timeout_value[:] = 0
         col = [slice(int(starts[g]), int(starts[g]) + sizes[g]) for g in range(groups)]
-        pending = [await remote.request(obs_state[g], env_ids[g]) for g in range(groups)]
+        pending = [
+            await remote.request(obs_state[g], env_ids[g], reset=ended[g]) for g in range(groups)
+        ]
+        ended[:] = [None] * groups
         for t in range(horizon):
             for g in range(groups):
                 reply = await pending[g]
@@ -300,7 +315,9 @@ async def worker_main(args) -> int:
                 for b, o in fo:
                     final.append((t, int(starts[g]) + b, o))
                 if t + 1 < horizon:
-                    pending[g] = await remote.request(obs_state[g], env_ids[g])
+                    pending[g] = await remote.request(obs_state[g], env_ids[g], reset=done)
+                elif done.any():
+                    ended[g] = done.copy()  # told with the first request of the next batch
                 await asyncio.sleep(0)
         # Values for bootstrapping: after the last step and at truncations.
         boot = np.zeros(n_envs, np.float32)

@@ -528,7 +528,9 @@ def config_from_dict(d: dict[str, Any], source: str = "config") -> TrainConfig:
 
     algo = d.get("algo") if isinstance(d, dict) else None
     if algo not in ALGOS:
-        raise ConfigError(f"{source}: unknown or missing algo {algo!r}; valid: {', '.join(sorted(ALGOS))}")
+        raise ConfigError(
+            f"{source}: unknown or missing algo {algo!r}; valid: {', '.join(sorted(ALGOS))}"
+        )
     cfg = TrainConfig(algo=algo, env=EnvSpec(), algo_params=ALGOS[algo].config_cls())
     apply_toml_dict(cfg, d, source)
     validate(cfg)

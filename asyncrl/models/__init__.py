@@ -6,4 +6,12 @@ from asyncrl.models.mlp import MLP, orthogonal_init
 from asyncrl.models.normalize import RunningNorm
 from asyncrl.models.policies import ActorCritic, ModelConfig
 
-__all__ = ["MLP", "ActorCritic", "ModelConfig", "NatureCNN", "PolicyHead", "RunningNorm", "orthogonal_init"]
+__all__ = [
+    "MLP",
+    "ActorCritic",
+    "ModelConfig",
+    "NatureCNN",
+    "PolicyHead",
+    "RunningNorm",
+    "orthogonal_init",
+]

@@ -9,7 +9,9 @@ from torch import nn
 class NatureCNN(nn.Module):
     """conv 32x8x8/4 -> 64x4x4/2 -> 64x3x3/1 -> linear 512, ReLU; uint8 input scaled by 1/255."""
 
-    def __init__(self, in_channels: int = 4, image_hw: tuple[int, int] = (84, 84), features: int = 512):
+    def __init__(
+        self, in_channels: int = 4, image_hw: tuple[int, int] = (84, 84), features: int = 512
+    ):
         super().__init__()
         self.convs = nn.Sequential(
             nn.Conv2d(in_channels, 32, 8, stride=4),

@@ -74,6 +74,10 @@ class ReplayService:
             ],
             env=env,
             stdin=subprocess.DEVNULL,
+            # Its own session, like the sampler workers: a terminal's Ctrl-C (SIGINT to the
+            # foreground process group) must not stop the store before the learner has saved
+            # its contents in the final checkpoint. close() stops it; it exits when we die.
+            **({"start_new_session": True} if os.name == "posix" else {}),
         )
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)

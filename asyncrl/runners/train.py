@@ -12,7 +12,10 @@ events) past the checkpoint being resumed are dropped, so the curve stays monoto
 
 Stopping: the first SIGTERM or SIGINT (Ctrl-C) asks the loop to stop after the current batch,
 write a last progress row and a final checkpoint; a second one stops at once (the final
-checkpoint is still written, but may sit in the middle of an update).
+checkpoint is still written, but may sit in the middle of an update). Once that final cleanup
+(checkpoint, stopping workers and services) has begun, further signals are only acknowledged:
+cutting it short would leave sockets and processes behind. An error (e.g. the sampler's
+workers keep failing) is logged, a final checkpoint written, and the error raised.
 """
 
 from __future__ import annotations
@@ -32,7 +35,13 @@ import numpy as np
 import torch
 
 from asyncrl.algos import ALGOS
-from asyncrl.configs.config import ConfigError, TrainConfig, load_config, validate
+from asyncrl.configs.config import (
+    ConfigError,
+    TrainConfig,
+    budget_warnings,
+    load_config,
+    validate,
+)
 from asyncrl.logging.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -40,7 +49,7 @@ from asyncrl.logging.checkpoint import (
     save_checkpoint,
 )
 from asyncrl.logging.progress import EpisodeTracker, LiveDisplay, ProgressWriter, setup_file_logger
-from asyncrl.runners.evaluation import evaluate
+from asyncrl.runners.evaluation import eval_limits, evaluate
 
 log = logging.getLogger("asyncrl")
 
@@ -175,12 +184,18 @@ def train(
         log.info("resumed %s at %d env steps", run_dir, env_steps)
     else:
         log.info("run %s: %s on %s, %d steps", run_dir, cfg.algo, cfg.env.id, cfg.steps)
+    log.info("presets: %s", cfg.preset or "none (dataclass defaults)")
+    for warning in budget_warnings(cfg):  # (the CLI prints them on the terminal too)
+        log.warning("%s", warning)
     agent.eval_mode()
 
     total = cfg.steps
     eval_every = cfg.log.eval_every if cfg.log.eval_every != 0 else max(total // 10, 1)
     ckpt_every = cfg.log.checkpoint_every if cfg.log.checkpoint_every > 0 else max(total // 10, 1)
     next_eval = (env_steps // eval_every + 1) * eval_every if eval_every > 0 else None
+    eval_cap, eval_budget = eval_limits(cfg.env, cfg.log.eval_episodes, max(eval_every, 0))
+    eval_cap = cfg.log.eval_max_episode_steps or eval_cap
+    eval_budget = cfg.log.eval_max_steps or eval_budget
     next_ckpt = (env_steps // ckpt_every + 1) * ckpt_every
     writer = ProgressWriter(
         run_dir, tensorboard=cfg.log.tensorboard, resume_steps=env_steps if ckpt else None
@@ -205,11 +220,21 @@ def train(
         }
 
     stop: dict[str, int] = {}  # the signal asking the loop to stop, once one came
+    # "cleanup": the final checkpoint and the shutdown of workers have begun, and no signal
+    # may cut them short (that left sockets and processes behind); "raised": StopTraining was
+    # raised once already (a third signal must not interrupt the handling of the second).
+    phase = {"cleanup": False, "raised": False}
     prev_handlers: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
 
         def _on_signal(signum, frame):
+            if phase["cleanup"] or phase["raised"]:
+                os.write(
+                    2, b"asyncrl: already stopping: writing the checkpoint, stopping workers\n"
+                )
+                return
             if stop:  # the second signal: stop now
+                phase["raised"] = True
                 raise StopTraining()
             stop["signal"] = signum
             # os.write, not print/logging: a handler may run in the middle of buffered I/O.
@@ -241,6 +266,8 @@ def train(
             "eval_return_std": eval_row[1] if eval_row else None,
         }
         row.update(info)
+        if hasattr(sampler, "counters"):  # the runtime's fault counters (dropped messages...)
+            row.update(sampler.counters())
         return row
 
     try:
@@ -260,6 +287,8 @@ def train(
                     cfg.log.eval_episodes,
                     seed=cfg.seed + 10_000,
                     deterministic=cfg.log.eval_deterministic,
+                    max_episode_steps=eval_cap,
+                    max_steps=eval_budget,
                 )
                 last_eval = float(rets.mean())
                 eval_row = (last_eval, float(rets.std()))
@@ -307,7 +336,16 @@ def train(
         log.warning(
             "stopped at once by %s at %d env steps; writing a final checkpoint", how, env_steps
         )
+    except Exception as e:
+        log.error(
+            "run failed at %d env steps: %s: %s; writing a final checkpoint",
+            env_steps,
+            type(e).__name__,
+            e,
+        )
+        raise
     finally:
+        phase["cleanup"] = True  # signals from now on are noted, not raised (see _on_signal)
         display.close()
         try:
             if env_steps > last_row_steps:  # the curve reaches the final checkpoint

@@ -24,6 +24,7 @@ sockets have timeouts (see transport.SocketOptions); stop() sends STOP, waits, t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -44,6 +45,7 @@ import zmq.asyncio
 
 from asyncrl.data import example_schema, namedarraytuple, tree_map
 from asyncrl.runtime.protocol import Header, MsgType, ProtocolError, VersionMismatch
+from asyncrl.runtime.supervision import RestartPolicy
 from asyncrl.runtime.transport import (
     PeerUnreachable,
     ShmReceiver,
@@ -82,6 +84,28 @@ class WorkerRecord:
     steps: int = 0
     alive: bool = True
     host: str = ""
+    misses: int = 0  # rounds in a row this (remote) worker was too late for
+    delivered: int = 0  # batches it delivered
+    since: float = field(default_factory=time.monotonic)  # registered at
+    requests: int = 0  # batches asked of it (all but an owed one were delivered)
+
+
+@dataclass
+class RemoteLimits:
+    """What remote peers may make the coordinator hold (sampler.max_remote_* settings)."""
+
+    max_workers: int = 32  # remote workers registered at once
+    max_envs: int = 1024  # envs of all remote workers together
+    max_envs_per_worker: int = 256  # envs one remote worker may ask for
+    grace_s: float = 5.0  # a remote batch later than max(grace_s, 2x the round so far) ...
+    misses: int = 3  # ... is left out of the round; this many misses in a row drop the worker
+
+
+REMOTE_RECV_HWM = 8  # messages queued per remote peer (a worker has ~3 in flight)
+DROP_LOG_PERIOD_S = 10.0  # a (peer, reason) pair is logged at most this often
+
+# Identities of the workers this coordinator starts itself; never accepted from the network.
+LOCAL_ID_PREFIX = b"local-"
 
 
 @dataclass
@@ -106,6 +130,7 @@ class Coordinator:
         envs_per_worker: int,
         bind: str = "",
         keys: str = "",
+        insecure: bool = False,
         heartbeat_s: float = 1.0,
         worker_timeout_s: float = 5.0,
         torch_threads: int = 1,
@@ -113,12 +138,26 @@ class Coordinator:
         allow_remote_sizes: bool = True,
         run_id: str | None = None,
         worker_log_level: str = "WARNING",
+        restart_policy: RestartPolicy | None = None,
+        limits: RemoteLimits | None = None,
+        remote_max_message_bytes: int = 0,
     ):
         self.config_dict = config_dict
         self.mode, self.horizon = mode, horizon
         self.local_workers, self.envs_per_worker = local_workers, envs_per_worker
         self.bind, self.keys = bind, keys
+        from asyncrl.runtime.auth import check_bind_security
+
+        refusal = check_bind_security(bind, keys, insecure)
+        if refusal:
+            raise RuntimeError_(refusal)
+        if bind and not keys and insecure:
+            log.warning("remote workers join %s WITHOUT authentication (--insecure)", bind)
         self.heartbeat_s, self.worker_timeout_s = heartbeat_s, worker_timeout_s
+        self.limits = limits or RemoteLimits()
+        # Largest message a remote peer may send (libzmq drops a peer sending a bigger frame):
+        # the run's largest legitimate batch, so a hostile peer cannot make us buffer more.
+        self.remote_max_message_bytes = remote_max_message_bytes
         self.torch_threads = torch_threads
         self.info_schema = example_schema(info_example) if info_example is not None else None
         self.allow_remote_sizes = allow_remote_sizes
@@ -127,8 +166,15 @@ class Coordinator:
         self.workers: dict[bytes, WorkerRecord] = {}
         self.processes: dict[int, subprocess.Popen] = {}
         self.restarts: dict[int, int] = {}
+        self.restart_policy = restart_policy or RestartPolicy()
+        self._restart_timers: dict[int, asyncio.TimerHandle] = {}
+        # Set (on the loop) when a local slot is given up: the run cannot sample any more.
+        self.failure: RuntimeError_ | None = None
         self.lost_batches = 0
+        self.missed_batches = 0  # remote batches left out of a round for being late
+        self._last_round_s = 0.0  # how long the last round that delivered took
         self.dropped_messages = 0
+        self._drop_log: dict[tuple, list] = {}  # (peer, kind) -> [last logged at, not logged]
         self.refused_workers = 0
         self._remote_offset = local_workers * envs_per_worker
         self._remote_serial = itertools.count()
@@ -209,16 +255,22 @@ class Coordinator:
         if self._loop is None or self._stopping:
             self._reap(0)
             return
-        self._stopping = True
+        self._stopping = True  # from now on no worker is restarted
         try:
-            self.call(self._broadcast_stop(), timeout=timeout)
-        except Exception:  # noqa: BLE001 - best effort; processes are killed below
-            pass
-        self._reap(timeout)
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout)
+            try:
+                self.call(self._broadcast_stop(), timeout=timeout)
+            except Exception:  # noqa: BLE001 - best effort; processes are killed below
+                pass
+            self._reap(timeout)
+            if self._loop.is_running():
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread is not None:
+                self._thread.join(timeout)
+            self._reap(1.0)  # a replacement started on the loop while the first reap ran
+        finally:
+            self._remove_ipc_dir()
+
+    def _remove_ipc_dir(self) -> None:
         if self._ipc_dir is not None:
             for p in Path(self._ipc_dir).glob("*"):
                 p.unlink(missing_ok=True)
@@ -267,8 +319,16 @@ class Coordinator:
                     )
                 self._authenticator = start_authenticator(self.ctx, key_dir / "authorized")
                 curve = ServerCurve(secret_file, self._authenticator)
+            # A remote peer's messages wait in a short queue (libzmq stops reading its socket
+            # when it is full): what one peer can make this process buffer is about
+            # (REMOTE_RECV_HWM + 1) messages of at most remote_max_message_bytes each.
+            remote_options = dataclasses.replace(options, recv_hwm=REMOTE_RECV_HWM)
+            if self.remote_max_message_bytes > 0:
+                remote_options = dataclasses.replace(
+                    remote_options, max_message_bytes=self.remote_max_message_bytes
+                )
             try:
-                self.remote_sock = router(self.ctx, self.bind, options, curve=curve)
+                self.remote_sock = router(self.ctx, self.bind, remote_options, curve=curve)
             except zmq.ZMQError as e:
                 raise RuntimeError_(f"cannot bind {self.bind!r}: {e}") from None
             self.remote_endpoint = bound_endpoint(self.remote_sock)
@@ -326,6 +386,9 @@ class Coordinator:
             log.error("coordinator task failed: %r", task.exception())
 
     async def _teardown(self) -> None:
+        for handle in self._restart_timers.values():
+            handle.cancel()
+        self._restart_timers.clear()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -349,6 +412,12 @@ class Coordinator:
         """Start local worker ``slot`` as a fresh interpreter (spawn semantics, no fork)."""
         cmd = [
             sys.executable,
+            # A worker's segments are registered with its own resource tracker, which unlinks
+            # them if the worker is killed (it cannot): that cleanup is by design here, so its
+            # "leaked shared_memory objects" warning is not for the user (-W options pass on to
+            # the tracker process; the filter matches warnings issued by that module only).
+            "-W",
+            "ignore::UserWarning:multiprocessing.resource_tracker",
             "-m",
             "workers.sampler",
             "--connect",
@@ -382,10 +451,60 @@ class Coordinator:
         self.processes[slot] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, **group)
 
     def kill_local(self, slot: int, sig: int = 9) -> int:
-        """Send ``sig`` to local worker ``slot`` (tests and fault drills); returns its pid."""
-        proc = self.processes[slot]
+        """Send ``sig`` to local worker ``slot`` (tests and fault drills); returns its pid.
+        ProcessLookupError if none runs in that slot now (waiting for a restart, given up)."""
+        proc = self.processes.get(slot)
+        if proc is None or proc.returncode is not None or proc.poll() is not None:
+            raise ProcessLookupError(f"no local worker runs in slot {slot} now")
         os.kill(proc.pid, sig)
         return proc.pid
+
+    def _restart(self, slot: int, why: str, productive: bool) -> None:
+        """The worker of local ``slot`` is dead (process gone): start its replacement now or
+        after a back-off, or give up on the slot (the run then ends, see ``failure``)."""
+        self.restarts[slot] = self.restarts.get(slot, 0) + 1
+        if self._stopping or self.failure is not None or slot in self._restart_timers:
+            return
+        policy = self.restart_policy
+        now = time.monotonic()
+        delay = policy.on_death(slot, now, productive)
+        if delay is None:
+            self._give_up(slot, why, policy.failures(slot, now))
+        elif delay <= 0:
+            self._spawn_local(slot)
+        else:
+            log.warning(
+                "local worker %d died without delivering a batch (%s); restarting it in %.1f s",
+                slot,
+                why,
+                delay,
+            )
+            self._restart_timers[slot] = self._loop.call_later(delay, self._respawn, slot)
+
+    def _respawn(self, slot: int) -> None:
+        self._restart_timers.pop(slot, None)
+        if not self._stopping and self.failure is None:
+            self._spawn_local(slot)
+
+    def _give_up(self, slot: int, why: str, failures: int) -> None:
+        policy = self.restart_policy
+        message = (
+            f"local worker {slot} failed {failures} times within {policy.window_s:.0f} s without "
+            f"delivering a batch (last: {why}); the run cannot sample (see train.log)"
+        )
+        log.error("%s", message)
+        self.failure = RuntimeError_(message)
+        self.processes.pop(slot, None)
+        self._itr_slots_pending.discard(slot)
+        # End the round now (the sampler raises ``failure``), and wake a wait for workers.
+        if self._itr_done is not None:
+            self._itr_done.set()
+        if self._registered is not None:
+            self._spawn_task(self._notify_registered())
+
+    async def _notify_registered(self) -> None:
+        async with self._registered:
+            self._registered.notify_all()
 
     # ------------------------------------------------------------------ messages
     async def _reader(self, sock, name: str) -> None:
@@ -394,7 +513,7 @@ class Coordinator:
                 peer, header, tree = await recv_from(sock, shm=self.shm)
             except VersionMismatch as e:
                 self.dropped_messages += 1
-                log.warning("refused peer %r: %s", e.peer, e.reason)
+                self._log_drop(e.peer, "version", "refused peer %r: %s", e.peer, e.reason)
                 await self._try_send(
                     sock,
                     e.peer,
@@ -403,13 +522,15 @@ class Coordinator:
                 continue
             except ProtocolError as e:
                 self.dropped_messages += 1
-                log.warning("dropped a message from %r: %s", e.peer, e.reason)
+                self._log_drop(
+                    e.peer, e.reason[:24], "dropped a message from %r: %s", e.peer, e.reason
+                )
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - a socket hiccup must not kill the loop
                 self.dropped_messages += 1
-                log.warning("receive failed on the %s socket: %r", name, e)
+                self._log_drop(None, name, "receive failed on the %s socket: %r", name, e)
                 await asyncio.sleep(0.01)
                 continue
             try:
@@ -418,9 +539,34 @@ class Coordinator:
                 raise
             except Exception as e:  # noqa: BLE001 - bad content from one peer: drop and log
                 self.dropped_messages += 1
-                log.warning(
-                    "dropped %s from %r: %s: %s", header.type.name, peer, type(e).__name__, e
+                self._log_drop(
+                    peer,
+                    f"{header.type.name}:{type(e).__name__}",
+                    "dropped %s from %r: %s: %s",
+                    header.type.name,
+                    peer,
+                    type(e).__name__,
+                    str(e)[:200],
                 )
+
+    def _log_drop(self, peer: bytes | None, kind: str, fmt: str, *args: Any) -> None:
+        """Log a dropped or refused message, at most once per ``DROP_LOG_PERIOD_S`` for each
+        (peer, kind); the next line says how many were not logged meanwhile. (A peer sending
+        100,000 bad messages writes a handful of lines; the count is in the progress line.)"""
+        key = (peer[:64] if peer else None, kind)
+        now = time.monotonic()
+        entry = self._drop_log.get(key)
+        if entry is not None and now - entry[0] < DROP_LOG_PERIOD_S:
+            entry[1] += 1
+            return
+        suppressed = entry[1] if entry is not None else 0
+        if entry is None and len(self._drop_log) >= 1024:  # bounded: forget the oldest key
+            self._drop_log.pop(next(iter(self._drop_log)))
+        self._drop_log[key] = [now, 0]
+        if suppressed:
+            fmt += " (and %d more like it not logged)"
+            args = (*args, suppressed)
+        log.warning(fmt, *args)
 
     async def _try_send(self, sock, peer: bytes, header: Header, tree: Any = None) -> bool:
         try:
@@ -436,9 +582,13 @@ class Coordinator:
             await self._on_register(sock, name, peer, header)
             return
         worker = self.workers.get(peer)
+        if worker is not None and worker.socket_name != name:
+            worker = None  # a registered identity spoken on the other socket: not that worker
         if worker is None:
             self.dropped_messages += 1
-            log.warning("dropped %s from unregistered peer %r", t.name, peer)
+            self._log_drop(
+                peer, "unregistered", "dropped %s from unregistered peer %r", t.name, peer
+            )
             if t == MsgType.SAMPLES and header.slot is not None:
                 await self._try_send(sock, peer, release_header(header))
             await self._try_send(
@@ -472,44 +622,75 @@ class Coordinator:
         else:
             raise ProtocolError(f"unexpected message type {t.name} from a worker")
 
+    async def _refuse(self, sock, peer: bytes, reason: str) -> None:
+        """Answer a REGISTER that cannot be accepted with REFUSED and its reason (logged at a
+        limited rate: a peer retrying in a loop must not flood the log)."""
+        self.refused_workers += 1
+        self._log_drop(peer, "refused", "refused worker %r: %s", peer, reason)
+        await self._try_send(
+            sock, peer, Header(MsgType.REFUSED, run_id=self.run_id, meta={"reason": reason})
+        )
+
+    def _remote_register_refusal(self, peer: bytes, meta: dict) -> str:
+        """'' if a remote REGISTER may be accepted, else why not (one line for the worker)."""
+        if not self.allow_remote_sizes:
+            return "this run takes local workers only (off-policy replay needs a fixed env count)"
+        if self.mode != "parallel":
+            return f"remote workers join parallel-mode runs only (this run is {self.mode})"
+        if peer.startswith(LOCAL_ID_PREFIX):
+            return f"identity {peer[:64]!r} is reserved for this coordinator's local workers"
+        existing = self.workers.get(peer)
+        if existing is not None and existing.socket_name != "remote":
+            return f"identity {peer[:64]!r} is taken"
+        envs, pid, probe = meta.get("envs", 0), meta.get("pid", 0), meta.get("probe")
+        limit = self.limits.max_envs_per_worker
+        if type(envs) is not int or not 0 <= envs <= limit:
+            return f"envs must be an integer in 0..{limit} (0: the run's default), got {envs!r}"[
+                :200
+            ]
+        if type(pid) is not int or pid < 0:
+            return f"pid must be a non-negative integer, got {pid!r}"[:200]
+        if probe is not None and type(probe) is not dict:
+            return "probe must be a map (asyncrl.runtime.LocalityProbe)"
+        remote = [w for w in self.workers.values() if not w.local and w.peer != peer]
+        if len(remote) >= self.limits.max_workers:
+            return (
+                f"this run has its maximum of {self.limits.max_workers} remote workers "
+                "(sampler.max_remote_workers)"
+            )
+        n_envs = envs or self.envs_per_worker
+        held = sum(w.num_envs for w in remote)
+        if held + n_envs > self.limits.max_envs:
+            return (
+                f"{n_envs} more envs would exceed the run's {self.limits.max_envs} remote envs "
+                f"({held} taken; sampler.max_remote_envs)"
+            )
+        return ""
+
     async def _on_register(self, sock, name: str, peer: bytes, header: Header) -> None:
         meta = header.meta if isinstance(header.meta, dict) else {}
         if self._stopping:
-            await self._try_send(
-                sock, peer, Header(MsgType.REFUSED, meta={"reason": "run is stopping"})
-            )
+            await self._refuse(sock, peer, "run is stopping")
             return
         if name == "local":
             slot = meta.get("slot", -1)
-            if not isinstance(slot, int) or not 0 <= slot < self.local_workers:
-                raise ProtocolError(f"REGISTER on the local socket with bad slot {slot!r}")
+            if type(slot) is not int or not 0 <= slot < self.local_workers:
+                await self._refuse(sock, peer, f"bad local slot {slot!r}"[:100])
+                return
             offset, n_envs = slot * self.envs_per_worker, self.envs_per_worker
             # A replacement takes over its slot: forget the old record.
             for other in [w for w in self.workers.values() if w.local and w.slot == slot]:
                 self._forget(other)
         else:
-            if not self.allow_remote_sizes:
-                self.refused_workers += 1
-                reason = (
-                    "this run takes local workers only (off-policy replay needs a fixed env count)"
-                )
-                log.warning("refused remote worker %r: %s", peer, reason)
-                await self._try_send(sock, peer, Header(MsgType.REFUSED, meta={"reason": reason}))
+            reason = self._remote_register_refusal(peer, meta)
+            if reason:
+                await self._refuse(sock, peer, reason)
                 return
-            if self.mode != "parallel":
-                self.refused_workers += 1
-                reason = f"remote workers join parallel-mode runs only (this run is {self.mode})"
-                await self._try_send(sock, peer, Header(MsgType.REFUSED, meta={"reason": reason}))
-                return
+            old = self.workers.get(peer)
+            if old is not None:  # the same peer registering again: its old record goes
+                self._forget(old)
             slot = -1
-            requested = meta.get("envs", 0)
-            n_envs = (
-                int(requested)
-                if isinstance(requested, int) and requested > 0
-                else self.envs_per_worker
-            )
-            if n_envs > 4096:
-                raise ProtocolError(f"REGISTER asks for {n_envs} envs")
+            n_envs = meta.get("envs", 0) or self.envs_per_worker
             offset = self._remote_offset
             self._remote_offset += n_envs
         path = choose_path(meta.get("probe"))
@@ -587,12 +768,9 @@ class Coordinator:
                     proc.wait(5)
                 except subprocess.TimeoutExpired:
                     pass
-            self.restarts[worker.slot] = self.restarts.get(worker.slot, 0) + 1
-            if self.restarts[worker.slot] > 20:
-                log.error("local worker %d failed 20 times; not restarting it", worker.slot)
-                self._itr_slots_pending.discard(worker.slot)
-            else:
-                self._spawn_local(worker.slot)
+            delivered = worker.delivered
+            uptime = time.monotonic() - worker.since
+            self._restart(worker.slot, why, self.restart_policy.productive(delivered, uptime))
         elif owed:
             self._check_itr_done()
 
@@ -610,17 +788,16 @@ class Coordinator:
             # Local processes that died before registering.
             registered_slots = {w.slot for w in self.workers.values() if w.local}
             for slot, proc in list(self.processes.items()):
-                if slot not in registered_slots and proc.poll() is not None and not self._stopping:
+                if (
+                    slot not in registered_slots
+                    and slot not in self._restart_timers  # dead, its replacement is due
+                    and proc.poll() is not None
+                    and not self._stopping
+                ):
                     log.warning(
-                        "local worker %d exited with %s before registering; restarting",
-                        slot,
-                        proc.returncode,
+                        "local worker %d exited with %s before registering", slot, proc.returncode
                     )
-                    self.restarts[slot] = self.restarts.get(slot, 0) + 1
-                    if self.restarts[slot] <= 20:
-                        self._spawn_local(slot)
-                    else:
-                        self.processes.pop(slot)
+                    self._restart(slot, f"exited with {proc.returncode} before registering", False)
             if now - last_beat >= self.heartbeat_s:
                 last_beat = now
                 for worker in list(self.workers.values()):
@@ -640,10 +817,15 @@ class Coordinator:
         async with self._registered:
             try:
                 await asyncio.wait_for(
-                    self._registered.wait_for(lambda: len(self.alive_workers()) >= count), timeout
+                    self._registered.wait_for(
+                        lambda: len(self.alive_workers()) >= count or self.failure is not None
+                    ),
+                    timeout,
                 )
             except asyncio.TimeoutError:
                 pass
+        if self.failure is not None:
+            raise self.failure
         return len(self.alive_workers())
 
     def alive_workers(self) -> list[WorkerRecord]:
@@ -651,6 +833,7 @@ class Coordinator:
 
     async def _send_request(self, worker: WorkerRecord) -> None:
         itr, names, params, version, acting = self._itr_request
+        worker.requests += 1
         sock = self.local_sock if worker.socket_name == "local" else self.remote_sock
         meta = {"sample": itr, "acting": acting}
         if params is not None:
@@ -676,13 +859,36 @@ class Coordinator:
         acting: dict | None = None,
     ) -> int:
         """Ask every registered worker for one batch; ``deliver`` is called (on this loop) for
-        each batch as it arrives. Returns the number of batches delivered."""
-        if len(self.alive_workers()) < min_workers:
-            n = await self.wait_for_workers(min_workers, timeout)
-            if n < min_workers:
+        each batch as it arrives. Returns the number of batches delivered.
+
+        Local workers are waited for (a dead one is replaced and asked again). A remote worker
+        costs the round a bounded wait: once the local workers are done (or, with none, once
+        some batch arrived or ``timeout / 4`` passed), a remote batch that has not come within
+        ``max(limits.grace_s, 2 x the round so far)`` is left out of the round (its worker
+        missed it); ``limits.misses`` misses in a row drop that worker. A round with nothing
+        delivered is asked again of whoever is registered. ``RuntimeError_`` (one line) when
+        fewer than ``min_workers`` are registered for ``timeout`` seconds, or local workers
+        delivered nothing for that long."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self.alive_workers()) < min_workers:
+                left = max(deadline - time.monotonic(), 0.0)
+                n = await self.wait_for_workers(min_workers, left)
+                if n < min_workers:
+                    raise RuntimeError_(
+                        f"only {n} of {min_workers} workers registered within {timeout:.0f} s"
+                    )
+            delivered = await self._round(itr, names, params, policy_version, deliver, acting)
+            if self.failure is not None:  # a local slot was given up: the run ends
+                raise self.failure
+            if delivered:
+                return delivered
+            if time.monotonic() > deadline:
                 raise RuntimeError_(
-                    f"only {n} of {min_workers} workers registered within {timeout:.0f} s"
+                    f"no batch within {timeout:.0f} s (workers {len(self.alive_workers())})"
                 )
+
+    async def _round(self, itr, names, params, policy_version, deliver, acting) -> int:
         self._itr = itr
         self._itr_request = (itr, names, params, policy_version, acting or {})
         self._deliver = deliver
@@ -699,19 +905,63 @@ class Coordinator:
         }
         for w in workers:
             await self._send_request(w)
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        local_done_at: float | None = None
         while not self._itr_done.is_set():
             self._check_itr_done()
             try:
-                await asyncio.wait_for(self._itr_done.wait(), 0.5)
+                await asyncio.wait_for(self._itr_done.wait(), 0.2)
             except asyncio.TimeoutError:
                 pass
-            if time.monotonic() > deadline:
-                raise RuntimeError_(
-                    f"no complete batch within {timeout:.0f} s (workers {len(self.alive_workers())})"
-                )
+            if self._itr_done.is_set():
+                break
+            now = time.monotonic()
+            locals_pending = bool(self._itr_slots_pending) or any(
+                self.workers[p].local for p in self._itr_expected if p in self.workers
+            )
+            if locals_pending:
+                continue
+            if local_done_at is None:
+                if self.local_workers or self._delivered or now - started > self._remote_wait_s:
+                    local_done_at = now
+                else:
+                    continue
+            grace = max(self.limits.grace_s, 2.0 * (local_done_at - started))
+            if now - local_done_at > grace:
+                self._miss_remote(grace)
         self._itr = None
+        if self._delivered:
+            self._last_round_s = time.monotonic() - started
         return self._delivered
+
+    @property
+    def _remote_wait_s(self) -> float:
+        """With no local workers and no batch yet: how long remote workers get at most (four
+        grace periods, or twice the last round that delivered)."""
+        return max(4.0 * self.limits.grace_s, 2.0 * self._last_round_s)
+
+    def _miss_remote(self, waited: float) -> None:
+        """Leave the remote workers still owing this round's batch out of it."""
+        for peer in list(self._itr_expected):
+            worker = self.workers.get(peer)
+            self._itr_expected.discard(peer)
+            if worker is None or worker.local:
+                continue
+            worker.misses += 1
+            self.missed_batches += 1
+            self._log_drop(
+                peer,
+                "late",
+                "remote worker %r is %.1f s late; its columns are left out of this batch "
+                "(%d of %d misses before it is dropped)",
+                peer,
+                waited,
+                worker.misses,
+                self.limits.misses,
+            )
+            if worker.misses >= self.limits.misses:
+                self._declare_dead(worker, f"missed {worker.misses} batches in a row")
+        self._check_itr_done()
 
     def _check_itr_done(self) -> None:
         if self._itr_done is not None and not self._itr_expected and not self._itr_slots_pending:
@@ -738,6 +988,8 @@ class Coordinator:
             self._declare_dead(worker, "sent a malformed batch")
             return
         self._delivered += 1
+        worker.delivered += 1
+        worker.misses = 0
         self._itr_expected.discard(worker.peer)
         self._itr_slots_pending.discard(worker.slot)
         self._check_itr_done()
@@ -782,6 +1034,18 @@ class Coordinator:
             parts = np.split(values, np.cumsum(sizes)[:-1])
             infos = [None] * len(group)
         else:
+            resets = [getattr(r[3], "reset", None) for r in group]
+            on_episode_end = getattr(agent, "on_episode_end", None)
+            if on_episode_end is not None and any(x is not None for x in resets):
+                mask = np.concatenate(
+                    [
+                        np.zeros(n, bool) if x is None else np.asarray(x, bool)
+                        for x, n in zip(resets, sizes)
+                    ]
+                )
+                if len(mask) != len(all_ids):
+                    raise ProtocolError("ACT_REQUEST: reset mask and env ids differ in length")
+                on_episode_end(mask, all_ids)  # per-env exploration state (DDPG's OU noise)
             action, info = agent.step(all_obs, all_ids)
             parts = np.split(action, np.cumsum(sizes)[:-1])
             if info is None:
@@ -807,7 +1071,21 @@ class Coordinator:
             text += f" ({rate:,.0f} steps/s sampling)"
         if self.lost_batches:
             text += f" lost {self.lost_batches}"
+        if self.missed_batches:
+            text += f" late {self.missed_batches}"
+        if self.dropped_messages:
+            text += f" dropped {self.dropped_messages}"
         return text
+
+    def counters(self) -> dict[str, int]:
+        """Fault counters for progress.csv: batches lost with a dead worker, remote batches
+        left out for being late, messages dropped (malformed, foreign, stale), refused peers."""
+        return {
+            "lost_batches": self.lost_batches,
+            "late_batches": self.missed_batches,
+            "dropped_messages": self.dropped_messages,
+            "refused_workers": self.refused_workers,
+        }
 
 
 def _first_dim(tree) -> int:

@@ -18,6 +18,7 @@ def make_runtime_sampler(cfg, seed: int = 0):
 
     return RuntimeSampler(cfg, seed=seed)
 
+
 __all__ = [
     "AgentSamples",
     "EnvInfo",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import weakref
 
 import numpy as np
@@ -26,7 +27,7 @@ log = logging.getLogger("asyncrl.sampler")
 
 
 class RuntimeSampler(Sampler):
-    def __init__(self, cfg: TrainConfig, seed: int = 0, register_timeout_s: float = 120.0):
+    def __init__(self, cfg: TrainConfig, seed: int = 0, register_timeout_s: float | None = None):
         s = cfg.sampler
         if s.mode not in ("parallel", "central", "alternating"):
             raise ConfigError(f"RuntimeSampler: mode {s.mode!r} is not a runtime mode")
@@ -34,10 +35,23 @@ class RuntimeSampler(Sampler):
             raise ConfigError(
                 f"sampler.num_envs={s.num_envs} must be a multiple of sampler.workers={s.workers}"
             )
+        from asyncrl.runtime.auth import check_bind_security
+
+        refusal = check_bind_security(s.bind, s.keys, s.insecure)
+        if refusal:
+            raise ConfigError(refusal)
         if s.workers == 0 and not s.bind:
             raise ConfigError("sampler.workers=0 needs sampler.bind (remote workers only)")
         if s.mode == "alternating" and s.workers and s.num_envs // s.workers < 2:
             raise ConfigError("alternating mode needs at least 2 envs per worker")
+        if s.restart_limit < 0:
+            raise ConfigError(f"sampler.restart_limit must be >= 0, got {s.restart_limit}")
+        if not s.restart_window_s > 0:
+            raise ConfigError(f"sampler.restart_window_s must be > 0, got {s.restart_window_s}")
+        if not 0 <= s.restart_backoff_s <= 8.0:
+            raise ConfigError(
+                f"sampler.restart_backoff_s must be in [0, 8], got {s.restart_backoff_s}"
+            )
         self.cfg = cfg
         self.seed = seed
         self.mode = s.mode
@@ -45,7 +59,9 @@ class RuntimeSampler(Sampler):
         self.local_workers = s.workers
         self.envs_per_worker = s.num_envs // s.workers if s.workers else s.num_envs
         self.num_envs = self.local_workers * self.envs_per_worker
-        self.register_timeout_s = register_timeout_s
+        self.register_timeout_s = (
+            s.register_timeout_s if register_timeout_s is None else register_timeout_s
+        )
         env = make_env(cfg.env)  # spaces only: checks the env builds before processes start
         try:
             self.obs_space, self.action_space = env.observation_space, env.action_space
@@ -58,7 +74,8 @@ class RuntimeSampler(Sampler):
     # ------------------------------------------------------------------ setup
     def initialize(self, agent) -> None:
         from asyncrl.algos import ALGOS
-        from asyncrl.runtime.coordinator import Coordinator
+        from asyncrl.runtime.coordinator import Coordinator, RemoteLimits
+        from asyncrl.runtime.supervision import RestartPolicy
 
         self.agent = agent
         info_example = agent.info_example()
@@ -68,7 +85,7 @@ class RuntimeSampler(Sampler):
         self._capacity = max(self.num_envs, 1)
         self.buf = buffer_from_example(self.example, (self.horizon, self._capacity))
         self.bootstrap = np.zeros(self._capacity, np.float32)
-        config_dict = self.cfg.to_dict()
+        config_dict = worker_config(self.cfg)
         config_dict["seed"] = self.seed  # a resumed run samples on fresh env seeds
         offpolicy = ALGOS[self.cfg.algo].kind == "offpolicy"
         self.coordinator = Coordinator(
@@ -79,11 +96,25 @@ class RuntimeSampler(Sampler):
             envs_per_worker=self.envs_per_worker,
             bind=self.cfg.sampler.bind,
             keys=self.cfg.sampler.keys,
+            insecure=self.cfg.sampler.insecure,
             heartbeat_s=self.cfg.sampler.heartbeat_s,
             worker_timeout_s=self.cfg.sampler.worker_timeout_s,
             torch_threads=1,
             info_example=info_example,
             allow_remote_sizes=not offpolicy,
+            remote_max_message_bytes=self._remote_message_limit(),
+            limits=RemoteLimits(
+                max_workers=self.cfg.sampler.max_remote_workers,
+                max_envs=self.cfg.sampler.max_remote_envs,
+                max_envs_per_worker=self.cfg.sampler.max_envs_per_worker,
+                grace_s=self.cfg.sampler.remote_grace_s,
+                misses=self.cfg.sampler.remote_misses,
+            ),
+            restart_policy=RestartPolicy(
+                max_failures=self.cfg.sampler.restart_limit,
+                window_s=self.cfg.sampler.restart_window_s,
+                backoff_s=self.cfg.sampler.restart_backoff_s,
+            ),
         )
         if self.mode != "parallel":
             self.coordinator.serve(agent)
@@ -98,6 +129,15 @@ class RuntimeSampler(Sampler):
         self._param_names = names
         self._Params = namedarraytuple("Params", [f"p{i}" for i in range(len(names))])
 
+    def _remote_message_limit(self) -> int:
+        """Bytes of the largest batch a remote worker may send (its most envs), plus 1 MiB for
+        headers and final observations; at least 4 MiB, at most the transport's default."""
+        from asyncrl.runtime.protocol import DEFAULT_MAX_MESSAGE_BYTES
+
+        step_bytes = sum(int(np.asarray(x).nbytes) for x in tree_leaves(self.example)) + 4
+        batch = self.horizon * self.cfg.sampler.max_envs_per_worker * step_bytes
+        return int(min(max(batch + 2**20, 4 * 2**20), DEFAULT_MAX_MESSAGE_BYTES))
+
     # ------------------------------------------------------------------ sampling
     def _ensure_capacity(self, columns: int) -> None:
         if columns <= self._capacity:
@@ -111,8 +151,10 @@ class RuntimeSampler(Sampler):
         self.buf, self.bootstrap, self._capacity = buf, boot, new_cap
 
     def obtain(self) -> SampleBatch:
-        from asyncrl.runtime.coordinator import Delivery
+        from asyncrl.runtime.coordinator import Delivery, RuntimeError_
 
+        if self.coordinator.failure is not None:  # a local slot was given up: end the run
+            raise self.coordinator.failure
         self.itr += 1
         params = None
         if self.mode == "parallel":
@@ -131,6 +173,7 @@ class RuntimeSampler(Sampler):
             # so the coordinator drops it and lets the worker go) must not leave half-written
             # columns behind.
             sources = self._check_batch(d.tree, w.num_envs, d.final)
+            ep_returns, ep_lengths = self._check_episodes(d.meta, w.num_envs)
             if w.local:
                 col = w.env_offset
                 local_slots.add(w.slot)
@@ -142,8 +185,8 @@ class RuntimeSampler(Sampler):
             for dst, src in zip(tree_leaves(self.buf), sources):
                 dst[:, cols] = src
             self.bootstrap[cols] = d.tree.bootstrap_value
-            returns.extend(float(r) for r in d.meta.get("returns", []))
-            lengths.extend(int(n) for n in d.meta.get("lengths", []))
+            returns.extend(ep_returns)
+            lengths.extend(ep_lengths)
             finals.extend((t, col + b, o) for t, b, o in d.final)
 
         names = self._param_names if params is not None else None
@@ -159,11 +202,13 @@ class RuntimeSampler(Sampler):
                 self.agent.acting_state(),
             )
         )
+        if self.coordinator.failure is not None:
+            raise self.coordinator.failure
         if delivered == 0:
-            raise RuntimeError("no worker delivered a batch")
+            raise RuntimeError_("no worker delivered a batch")
         missing = set(range(self.local_workers)) - local_slots
         if missing:  # their columns would hold the previous batch: never hand that out
-            raise RuntimeError(
+            raise RuntimeError_(
                 f"local worker(s) {sorted(missing)} delivered no batch (they kept failing; "
                 "see the log)"
             )
@@ -203,14 +248,46 @@ class RuntimeSampler(Sampler):
                 raise ValueError(f"final observation at ({t}, {b}) outside the batch")
         return sources
 
+    def _check_episodes(self, meta: dict, num_envs: int) -> tuple[list[float], list[int]]:
+        """The finished episodes a batch reports (meta ``returns``/``lengths``), checked before
+        any of the batch is written: lists of equal length, at most one episode per step and
+        env, finite returns, lengths >= 1."""
+        rets, lens = meta.get("returns", []), meta.get("lengths", [])
+        if type(rets) is not list or type(lens) is not list or len(rets) != len(lens):
+            raise ValueError("meta returns/lengths must be two lists of the same length")
+        if len(rets) > self.horizon * num_envs:
+            raise ValueError(f"{len(rets)} episodes in a batch of {self.horizon}x{num_envs} steps")
+        if not all(type(r) in (int, float) and math.isfinite(r) for r in rets):
+            raise ValueError("meta returns must be finite numbers")
+        if not all(type(n) is int and n >= 1 for n in lens):
+            raise ValueError("meta lengths must be integers >= 1")
+        return [float(r) for r in rets], lens
+
     def status(self) -> str:
         return self.coordinator.status() if self.coordinator is not None else ""
+
+    def counters(self) -> dict[str, int]:
+        return self.coordinator.counters() if self.coordinator is not None else {}
 
     def close(self) -> None:
         if self._finalizer is not None:
             self._finalizer()
             atexit.unregister(self._finalizer)
             self._finalizer = None
+
+
+def worker_config(cfg: TrainConfig) -> dict:
+    """What a worker needs to build its envs and agent copy, and nothing more: the config
+    without the run directory, the network settings and key paths, or the logging settings
+    (a remote peer learns nothing about this machine's files)."""
+    d = cfg.to_dict()
+    d.pop("run_dir", None)
+    d.pop("log", None)
+    d.pop("preset", None)
+    sampler = d.get("sampler", {})
+    for key in ("bind", "keys", "insecure"):
+        sampler.pop(key, None)
+    return d
 
 
 def _stop_quietly(coordinator) -> None:

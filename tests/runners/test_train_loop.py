@@ -297,7 +297,8 @@ def test_sigterm_subprocess_writes_a_final_checkpoint(tmp_path):
     assert proc.returncode in (0, 128 + signal.SIGTERM), (proc.returncode, err)
     assert "Traceback" not in err
     assert "SIGTERM: stopping after this batch" in err
-    assert out.startswith("interrupted:")
+    assert out.startswith("presets: ppo_classic")  # what the run was configured with, ...
+    assert out.splitlines()[-1].startswith("interrupted:")  # ... and how it ended
     rows = read_rows(run)  # parses: every line whole
     assert all(len(r) == len(rows[0]) and None not in r.values() for r in rows)
     steps = [int(r["env_steps"]) for r in rows]

@@ -12,18 +12,17 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 
 from asyncrl.data import namedarraytuple
 from asyncrl.logging.checkpoint import list_checkpoints
-from asyncrl.runtime.coordinator import Coordinator
-from asyncrl.runtime.protocol import Header, MsgType, decode, encode
+from asyncrl.runtime.protocol import Header, MsgType, encode
 from tests.runtime._runtime_helpers import (
     ROOT,
     cli_env,
     no_leftovers,  # noqa: F401 - module fixture: no process or shm segment remains
     wait_until,
 )
+from tests.runtime.conftest import raw_peer, recv_reply, register_local
 
 Info = namedarraytuple("Info", ["value", "log_prob"])
 ActRequest = namedarraytuple("ActRequest", ["observation", "env_ids"])
@@ -52,73 +51,11 @@ class FakeAgent:
         return obs.sum(1)
 
 
-@pytest.fixture
-def make_coordinator(monkeypatch):
-    """A started coordinator whose local slots are filled by hand (no worker processes)."""
-    monkeypatch.setattr(Coordinator, "_spawn_local", lambda self, slot: None)
-    made = []
-
-    def make(**kwargs):
-        options = dict(
-            mode="central",
-            horizon=4,
-            local_workers=2,
-            envs_per_worker=2,
-            worker_timeout_s=60.0,
-            info_example=Info(np.zeros((), np.float32), np.zeros((), np.float32)),
-        )
-        options.update(kwargs)
-        coord = Coordinator({"algo": "fake"}, **options)
-        coord.start()
-        made.append(coord)
-        return coord
-
-    yield make
-    for coord in made:
-        coord.stop()
-
-
-@pytest.fixture
-def zctx():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-def _peer(ctx, endpoint: str, identity: str):
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    sock.identity = identity.encode()
-    sock.connect(endpoint)
-    return sock
-
-
-def _recv(sock, timeout_s: float = 10.0, skip=(MsgType.HEARTBEAT,)):
-    deadline = time.monotonic() + timeout_s
-    while sock.poll(max(0.0, deadline - time.monotonic()) * 1000):
-        header, tree = decode(sock.recv_multipart(copy=False))
-        if header.type not in skip:
-            return header, tree
-    raise AssertionError("no answer from the coordinator")
-
-
-def _register(ctx, coord, slot: int):
-    sock = _peer(ctx, coord.local_endpoint, f"fake-{slot}")
-    sock.send_multipart(
-        encode(Header(MsgType.REGISTER, worker_id=f"fake-{slot}", meta={"slot": slot}))
-    )
-    header, _ = _recv(sock)
-    assert header.type == MsgType.REGISTERED, header
-    assert header.meta["env_offset"] == 2 * slot and header.meta["num_envs"] == 2
-    assert header.meta["path"] == "frames"  # no locality probe, no shared memory
-    return sock, header.run_id
-
-
 def test_central_inference_batches_waiting_requests_and_answers_each_worker(make_coordinator, zctx):
-    agent = FakeAgent()
+    agent = FakeAgent(first_call_s=0.0)
     coord = make_coordinator()
     coord.serve(agent)
-    socks = [_register(zctx, coord, slot)[0] for slot in (0, 1)]
+    socks = [register_local(zctx, coord, slot)[0] for slot in (0, 1)]
     run_id = coord.run_id
 
     def ask(sock, seq, ids):
@@ -126,18 +63,30 @@ def test_central_inference_batches_waiting_requests_and_answers_each_worker(make
         header = Header(MsgType.ACT_REQUEST, run_id=run_id, seq=seq, meta={"what": "act"})
         sock.send_multipart(encode(header, ActRequest(obs, np.asarray(ids, np.int64))))
 
-    ask(socks[0], 1, [0, 1])  # answered alone, slowly ...
-    time.sleep(0.1)
-    ask(socks[0], 2, [0, 1])  # ... while these three wait: one batched call answers them
-    ask(socks[1], 1, [2, 3])
-    ask(socks[1], 2, [2, 3])
+    ask(socks[0], 1, [0, 1])  # answered alone
+    header, tree = recv_reply(socks[0])
+    assert header.type == MsgType.ACT_REPLY and header.seq == 1 and tree.action.tolist() == [0, 10]
+
+    # Three requests that are waiting together (queued in one step of the loop, as the socket
+    # reader does for messages that arrived while a forward pass ran) are answered by one call.
+    def request(w, seq, ids):
+        obs = np.tile(np.asarray(ids, np.float32)[:, None], (1, 4))
+        header = Header(MsgType.ACT_REQUEST, run_id=run_id, seq=seq, meta={"what": "act"})
+        worker = coord.workers[f"fake-{w}".encode()]
+        return coord.local_sock, worker, header, ActRequest(obs, np.asarray(ids, np.int64))
+
+    async def queue_together():
+        for w, seq, ids in ((0, 2, [0, 1]), (1, 1, [2, 3]), (1, 2, [2, 3])):
+            coord._act_queue.put_nowait(request(w, seq, ids))
+
+    coord.call(queue_together(), timeout=10)
     answers = {0: [], 1: []}
     for w, sock in enumerate(socks):
-        for _ in range(2):
-            header, tree = _recv(sock)
+        for _ in range(1 if w == 0 else 2):
+            header, tree = recv_reply(sock)
             assert header.type == MsgType.ACT_REPLY and header.policy_version == 3
             answers[w].append((header.seq, tree.action.tolist(), tree.agent_info.value.tolist()))
-    assert sorted(answers[0]) == [(1, [0, 10], [0.0, 4.0]), (2, [0, 10], [0.0, 4.0])]
+    assert sorted(answers[0]) == [(2, [0, 10], [0.0, 4.0])]
     assert sorted(answers[1]) == [(1, [20, 30], [8.0, 12.0]), (2, [20, 30], [8.0, 12.0])]
     assert agent.calls == [[0, 1], [0, 1, 2, 2, 3, 3]]  # greedy batching
     assert coord.dropped_messages == 0
@@ -145,7 +94,7 @@ def test_central_inference_batches_waiting_requests_and_answers_each_worker(make
 
 def test_samples_are_delivered_once_and_stale_or_foreign_ones_dropped(make_coordinator, zctx):
     coord = make_coordinator(mode="parallel")
-    socks, run_ids = zip(*[_register(zctx, coord, slot) for slot in (0, 1)])
+    socks, run_ids = zip(*[register_local(zctx, coord, slot) for slot in (0, 1)])
     delivered = []
 
     def deliver(d):
@@ -154,7 +103,7 @@ def test_samples_are_delivered_once_and_stale_or_foreign_ones_dropped(make_coord
     coord.call(_start_sample(coord, deliver), timeout=10)  # the round goes on in the loop
     # Both workers are asked for batch 1 (parameters are sent with the request).
     for sock in socks:
-        header, _ = _recv(sock)
+        header, _ = recv_reply(sock)
         assert header.type == MsgType.PARAMS and header.meta["sample"] == 1
     batch = Batch(np.ones((4, 2), np.float32))
     stale = Header(MsgType.SAMPLES, run_id=run_ids[0], seq=0)
@@ -177,7 +126,7 @@ def test_a_malformed_batch_is_dropped_and_its_worker_replaced(make_coordinator, 
     """A batch the sampler cannot take (here: wrong shape) costs the worker its place, not the
     run: it is declared dead (a local one restarted), and the replacement is asked again."""
     coord = make_coordinator(mode="parallel")
-    socks, run_ids = zip(*[_register(zctx, coord, slot) for slot in (0, 1)])
+    socks, run_ids = zip(*[register_local(zctx, coord, slot) for slot in (0, 1)])
     delivered = []
 
     def deliver(d):
@@ -187,7 +136,7 @@ def test_a_malformed_batch_is_dropped_and_its_worker_replaced(make_coordinator, 
 
     coord.call(_start_sample(coord, deliver), timeout=10)
     for sock in socks:
-        assert _recv(sock)[0].type == MsgType.PARAMS
+        assert recv_reply(sock)[0].type == MsgType.PARAMS
     bad = Batch(np.ones((3, 2), np.float32))
     socks[0].send_multipart(encode(Header(MsgType.SAMPLES, run_id=run_ids[0], seq=1), bad))
     good = Batch(np.ones((4, 2), np.float32))
@@ -196,11 +145,11 @@ def test_a_malformed_batch_is_dropped_and_its_worker_replaced(make_coordinator, 
     assert coord.lost_batches == 1 and coord.dropped_messages == 1
     assert coord._itr == 1, "the round must wait for slot 0's replacement"
     # The replacement registers in slot 0 and is asked for the owed batch at once.
-    sock = _peer(zctx, coord.local_endpoint, "fake-0-bis")
+    sock = raw_peer(zctx, coord.local_endpoint, "fake-0-bis")
     sock.send_multipart(encode(Header(MsgType.REGISTER, worker_id="fake-0-bis", meta={"slot": 0})))
-    header, _ = _recv(sock)
+    header, _ = recv_reply(sock)
     assert header.type == MsgType.REGISTERED
-    header, _ = _recv(sock)
+    header, _ = recv_reply(sock)
     assert header.type == MsgType.PARAMS and header.meta["sample"] == 1
     sock.send_multipart(encode(Header(MsgType.SAMPLES, run_id=header.run_id, seq=1), good))
     assert wait_until(lambda: coord._itr is None, 10), "the round did not finish"
@@ -224,16 +173,16 @@ def test_remote_workers_are_refused_where_they_cannot_join(
     make_coordinator, zctx, mode, allow, reason
 ):
     coord = make_coordinator(mode=mode, allow_remote_sizes=allow, bind="tcp://127.0.0.1:*")
-    sock = _peer(zctx, coord.remote_endpoint, "visitor")
+    sock = raw_peer(zctx, coord.remote_endpoint, "visitor")
     sock.send_multipart(encode(Header(MsgType.REGISTER, worker_id="visitor", meta={"envs": 2})))
-    header, _ = _recv(sock)
+    header, _ = recv_reply(sock)
     assert header.type == MsgType.REFUSED and reason in header.meta["reason"]
     assert coord.refused_workers == 1 and not coord.alive_workers()
 
 
 def test_status_names_the_workers_and_their_rate(make_coordinator, zctx):
     coord = make_coordinator(mode="parallel")
-    socks, run_ids = zip(*[_register(zctx, coord, slot) for slot in (0, 1)])
+    socks, run_ids = zip(*[register_local(zctx, coord, slot) for slot in (0, 1)])
     for sock, run_id, rate in zip(socks, run_ids, (1000.0, 500.0)):
         meta = {"steps": 4096, "steps_per_s": rate}
         sock.send_multipart(encode(Header(MsgType.HEARTBEAT, run_id=run_id, meta=meta)))

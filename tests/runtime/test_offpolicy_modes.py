@@ -199,3 +199,17 @@ def test_offpolicy_same_seed_same_trajectories_serial_and_parallel(algo):
     assert not np.array_equal(act[:, 0], act[:, 1])
     if algo == "dqn":  # epsilon 0.5: some greedy steps, so the comparison covers the network
         assert not np.array_equal(parallel[1]["action"], serial[0]["action"])
+
+
+@pytest.mark.parametrize("mode", ["central", "alternating"])
+def test_ou_noise_restarts_at_episode_ends_where_inference_is_central(mode):
+    """DDPG with OU noise, acting in the coordinator: workers tell it which envs' episodes
+    ended (with the next request), so the noise processes restart as in serial mode."""
+    serial = _collect_offpolicy("ddpg", "serial")
+    central = _collect_offpolicy("ddpg", mode)
+    for i, (a, b) in enumerate(zip(serial, central)):
+        np.testing.assert_array_equal(b["truncated"], a["truncated"], err_msg=f"batch {i}")
+        for key in ("observation", "action", "reward"):
+            np.testing.assert_allclose(
+                b[key], a[key], rtol=1e-5, atol=1e-5, err_msg=f"batch {i} {key} ({mode})"
+            )
