@@ -185,6 +185,34 @@ def hostile_peer(endpoint: str, stop: threading.Event, sent: dict) -> None:
         ctx.term()
 
 
+def drill_quiet(work: Path, steps: int) -> dict:
+    """The same coordinator run with no hostile peer: the RSS to compare with."""
+    run_dir = work / "quiet"
+    proc = start(
+        [
+            "coordinator",
+            "ppo",
+            "CartPole-v1",
+            "--bind",
+            f"tcp://127.0.0.1:{free_port()}",
+            "--workers",
+            "1",
+            "--steps",
+            str(steps),
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+        ],
+        work / "quiet.log",
+    )
+    stop, rss = threading.Event(), {}
+    watch = threading.Thread(target=rss_watch, args=(proc.pid, stop, rss), daemon=True)
+    watch.start()
+    rc = finish(proc, 900)
+    stop.set()
+    return {"rc": rc, "peak_rss_mb": rss.get("peak", 0) / 2**20, "row": last_row(run_dir)}
+
+
 def drill_hostile(work: Path, steps: int) -> dict:
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
@@ -371,9 +399,11 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="drill-"))
     load = os.getloadavg()
+    steps = 30_000 if args.quick else 100_000
     results = {
-        "hostile": drill_hostile(work, 30_000 if args.quick else 100_000),
-        "kills": drill_kills(work, 30_000 if args.quick else 100_000),
+        "quiet": drill_quiet(work, steps),
+        "hostile": drill_hostile(work, steps),
+        "kills": drill_kills(work, 20_000 if args.quick else 40_000),
         "sigterm": drill_double_sigterm(work, 2 if args.quick else 5),
         "sigkill": drill_sigkill_replay(work, 1 if args.quick else 2),
     }
@@ -393,12 +423,14 @@ def main() -> None:
         f"return_mean {float(h['row'].get('return_mean') or 'nan'):.1f}; dropped "
         f"{h['row'].get('dropped_messages', '?')}, refused {h['row'].get('refused_workers', '?')}, "
         f"late batches {h['row'].get('late_batches', '?')}; coordinator peak RSS "
-        f"{h['peak_rss_mb']:.0f} MB; train.log {h['train_log_lines']} lines; traceback: "
+        f"{h['peak_rss_mb']:.0f} MB (the same run without the peer: "
+        f"{results['quiet']['peak_rss_mb']:.0f} MB); train.log {h['train_log_lines']} lines; traceback: "
         f"{'yes' if h['traceback'] else 'no'} |",
         f"| a worker SIGKILLed every 2 s | {k['kills']} kills during a "
         f"{int(float(k['row'].get('env_steps', 0))):,}-step parallel PPO run | exit {k['rc']}; "
         f"{k['gone']} deaths noticed; lost batches {k['row'].get('lost_batches', '?')}; "
-        f"return_mean {float(k['row'].get('return_mean') or 'nan'):.1f}; traceback: "
+        f"return_mean {float(k['row'].get('return_mean') or 'nan'):.1f} (of the episodes that "
+        "could finish: a killed worker's episodes never do); traceback: "
         f"{'yes' if k['traceback'] else 'no'} |",
         f"| double SIGTERM 0.05 s apart | {len(s['codes'])} parallel runs | exit codes "
         f"{s['codes']}; checkpoints written {s['checkpoints']}/{len(s['codes'])}; "

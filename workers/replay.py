@@ -53,6 +53,7 @@ def serve(bind: str, parent_pid: int = 0, poll_ms: int = 1000) -> int:
 
     from asyncrl.data import namedarraytuple, tree_map
     from asyncrl.runtime.protocol import Header, MsgType, ProtocolError, decode, encode
+    from asyncrl.runtime.transport import remove_orphaned_ipc
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
@@ -139,26 +140,7 @@ def serve(bind: str, parent_pid: int = 0, poll_ms: int = 1000) -> int:
         ctx.term()
         _ = State
         if orphaned:  # nobody else is left to remove the socket folder
-            _remove_orphaned_ipc(bind)
-
-
-def _remove_orphaned_ipc(endpoint: str) -> None:
-    """The learner died without stopping us: remove its ipc socket and folder
-    (asyncrl-replay-*, made for this store alone by ReplayService)."""
-    if not endpoint.startswith("ipc://"):
-        return
-    sock_path = endpoint[len("ipc://") :]
-    folder = os.path.dirname(sock_path)
-    if not os.path.basename(folder).startswith("asyncrl-replay-"):
-        return
-    try:
-        os.unlink(sock_path)
-    except OSError:
-        pass
-    try:
-        os.rmdir(folder)
-    except OSError:
-        pass
+            remove_orphaned_ipc(bind, "asyncrl-replay-")
 
 
 def main(argv=None) -> int:

@@ -103,6 +103,7 @@ async def worker_main(args) -> int:
         recv,
         send,
     )
+    from asyncrl.runtime.transport import remove_orphaned_ipc
     from asyncrl.samplers.base import samples_example
     from asyncrl.samplers.collector import Collector
 
@@ -257,7 +258,7 @@ async def worker_main(args) -> int:
             if parent and not _alive(parent):
                 log.warning("parent %d is gone; exiting", parent)
                 orphaned = True
-                _remove_orphaned_ipc(args.connect)
+                remove_orphaned_ipc(args.connect, "asyncrl-")
                 stop.set()
                 break
             if time.monotonic() - last_heard > args.dead_after:
@@ -480,24 +481,6 @@ def _report_failure(stop: asyncio.Event):
             stop.set()
 
     return cb
-
-
-def _remove_orphaned_ipc(endpoint: str) -> None:
-    """The coordinator died without cleaning up: remove its ipc socket folder (asyncrl-*)."""
-    if not endpoint.startswith("ipc://"):
-        return
-    sock_path = endpoint[len("ipc://") :]
-    folder = os.path.dirname(sock_path)
-    if not os.path.basename(folder).startswith("asyncrl-"):
-        return
-    try:
-        os.unlink(sock_path)
-    except OSError:
-        pass
-    try:
-        os.rmdir(folder)
-    except OSError:
-        pass  # another worker got there first, or something else lives there
 
 
 def _alive(pid: int) -> bool:

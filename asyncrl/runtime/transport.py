@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import socket as pysocket
 import warnings
@@ -377,6 +378,23 @@ async def recv_from(
         e.peer = peer
         raise
     return peer, header, tree
+
+
+def remove_orphaned_ipc(endpoint: str, folder_prefix: str) -> None:
+    """Remove an ipc endpoint's socket file and its folder when the folder's name starts with
+    ``folder_prefix`` (a private ``tempfile.mkdtemp`` folder of a process that died without
+    cleaning up); anything else is left alone. Never raises."""
+    if not endpoint.startswith("ipc://"):
+        return
+    sock_path = endpoint[len("ipc://") :]
+    folder = os.path.dirname(sock_path)
+    if not os.path.basename(folder).startswith(folder_prefix):
+        return
+    for remove, path in ((os.unlink, sock_path), (os.rmdir, folder)):
+        try:
+            remove(path)
+        except OSError:
+            pass  # gone already (another process got there first), or not empty
 
 
 # ---------------------------------------------------------------------------------------------
