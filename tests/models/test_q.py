@@ -169,6 +169,9 @@ def test_noisy_agent_resamples_noise_per_step():
     agent = _agent(noisy=True)
     assert agent.epsilon == 0.0
     layer = next(m for m in agent.model.modules() if isinstance(m, NoisyLinear))
-    before = layer.eps_out.clone()
-    agent.step(np.zeros((1, 5), np.float32))
-    assert not torch.equal(layer.eps_out, before)
+    outputs = []
+    layer.register_forward_hook(lambda module, args, out: outputs.append(out.detach().clone()))
+    obs = np.zeros((1, 5), np.float32)
+    agent.step(obs)
+    agent.step(obs)  # the same observation: only fresh noise can change the layer's output
+    assert len(outputs) == 2 and not torch.equal(outputs[0], outputs[1])

@@ -191,7 +191,8 @@ def test_status_names_the_workers_and_their_rate(make_coordinator, zctx):
     # A worker that says goodbye is gone from the status (and, being local, restarted).
     socks[1].send_multipart(encode(Header(MsgType.BYE, run_id=run_ids[1])))
     assert wait_until(lambda: coord.status().startswith("workers 1 (1,000 steps/s"), 10)
-    assert coord.restarts == {1: 1}
+    # (counted on the coordinator's thread right after the record goes: wait for it)
+    assert wait_until(lambda: coord.restarts == {1: 1}, 10), coord.restarts
 
 
 # ------------------------------------------------------------------------------- embedding
