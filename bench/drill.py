@@ -260,24 +260,17 @@ def drill_hostile(work: Path, steps: int) -> dict:
     }
 
 
+def parallel_ppo(steps: str, run_dir: Path) -> list[str]:
+    """`asyncrl train` arguments of a parallel-mode PPO CartPole run with two workers."""
+    return ["train", "ppo", "CartPole-v1", "--mode", "parallel", "--workers", "2",
+            "--steps", steps, "--run-dir", str(run_dir), "--no-progress"]  # fmt: skip
+
+
 # ------------------------------------------------------------------------------ 2. kills
 def drill_kills(work: Path, steps: int) -> dict:
     run_dir = work / "kills"
     proc = start(
-        [
-            "train",
-            "ppo",
-            "CartPole-v1",
-            "--mode",
-            "parallel",
-            "--workers",
-            "2",
-            "--steps",
-            str(steps),
-            "--run-dir",
-            str(run_dir),
-            "--no-progress",
-        ],
+        parallel_ppo(str(steps), run_dir),
         work / "kills.log",
     )
     kills = 0
@@ -317,20 +310,7 @@ def drill_double_sigterm(work: Path, runs: int) -> dict:
     for i in range(runs):
         run_dir = work / f"sigterm{i}"
         proc = start(
-            [
-                "train",
-                "ppo",
-                "CartPole-v1",
-                "--mode",
-                "parallel",
-                "--workers",
-                "2",
-                "--steps",
-                "10000000",
-                "--run-dir",
-                str(run_dir),
-                "--no-progress",
-            ],
+            parallel_ppo("10000000", run_dir),
             work / f"sigterm{i}.log",
         )
         deadline = time.monotonic() + 120
