@@ -9,6 +9,10 @@ From a script::
 
 __version__ = "0.1.0"
 
+# Every import of an asyncrl module runs this file first, so this line registers the algorithms
+# (asyncrl.algos.register_algo fills asyncrl/configs/registry.py) before any config is built,
+# whichever entry point builds it: the CLI, a script, workers/sampler.py, a test.
+import asyncrl.algos  # noqa: E402, F401
 from asyncrl.configs.config import ConfigError, TrainConfig, load_config, resolve_config  # noqa: E402
 from asyncrl.runners.train import TrainResult, train  # noqa: E402
 

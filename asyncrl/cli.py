@@ -1,4 +1,4 @@
-"""The ``asyncrl`` command: train, eval, plot, presets (and the runtime's coordinator/worker/keygen).
+"""The ``asyncrl`` command: train, eval, plot, presets (coordinator/worker/keygen: cli_runtime.py).
 
 Owns argument parsing and turning every user mistake into one error line with a non-zero exit
 before heavy work starts. All behaviour lives in the library; this file only wires it.
@@ -163,12 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("--metric", default="return_mean")
 
-    try:
-        from asyncrl.runtime import cli as runtime_cli  # coordinator, worker, keygen
-    except ImportError:
-        runtime_cli = None
-    if runtime_cli is not None and hasattr(runtime_cli, "add_subcommands"):
-        runtime_cli.add_subcommands(sub)
+    from asyncrl.cli_runtime import add_subcommands  # coordinator, worker, keygen
+
+    add_subcommands(sub)
     return p
 
 

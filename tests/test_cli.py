@@ -136,6 +136,12 @@ BAD_TRAIN = [
     (["plot", "{tmp}/no_such_run"], ["no_such_run", "does not exist"]),
     (["plot", "{tmp}/empty_run"], ["empty_run", "progress.csv"]),
     (["frobnicate"], ["frobnicate"]),
+    # an unknown algorithm: one line naming it and the valid ones (from configs/registry.py)
+    (["train", "nope", "CartPole-v1"], ["unknown algorithm 'nope'", "ppo", "sac"]),
+    (
+        ["coordinator", "nope", "CartPole-v1", "--bind", "tcp://127.0.0.1:1"],
+        ["unknown algorithm 'nope'", "ppo", "sac"],
+    ),
 ]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import os
@@ -31,6 +32,7 @@ import uuid
 import numpy as np
 
 log = logging.getLogger("asyncrl.worker")
+MAX_QUEUED_REQUESTS = 16  # batch requests a worker holds (an async coordinator sends <= 2)
 
 
 def _params_to_state(names, tree):
@@ -46,6 +48,7 @@ class RemoteActs:
         self.sock, self.worker_id, self.run_id = sock, worker_id, run_id
         self.futures: dict[int, asyncio.Future] = {}
         self.seq = 0
+        self.oldest_version: int | None = None  # of the replies since the batch began
 
     async def request(
         self, obs, env_ids: np.ndarray, what: str = "act", reset: np.ndarray | None = None
@@ -76,6 +79,9 @@ class RemoteActs:
         return fut
 
     def on_reply(self, header, tree) -> None:
+        v = header.policy_version
+        if self.oldest_version is None or v < self.oldest_version:
+            self.oldest_version = v
         fut = self.futures.pop(header.seq, None)
         if fut is not None and not fut.done():
             fut.set_result(tree)
@@ -350,8 +356,11 @@ async def worker_main(args) -> int:
             if boot is not None:
                 tree.bootstrap_value[:] = boot
         else:
+            remote.oldest_version = None
             final, boot, returns, lengths = await collect_central(tree.samples)
             tree.bootstrap_value[:] = boot
+            if remote.oldest_version is not None:  # the oldest policy that acted in it
+                policy_version = remote.oldest_version
         steps_done += horizon * n_envs
         rate = horizon * n_envs / max(time.perf_counter() - t0, 1e-9)
         if final:
@@ -381,8 +390,31 @@ async def worker_main(args) -> int:
         )
         await sender.send(header, slot, timeout=30.0)
 
-    hb = asyncio.create_task(heartbeat())
+    requests: collections.deque = collections.deque()
     sample_task: asyncio.Task | None = None
+
+    def start_next(done: asyncio.Task | None = None) -> None:
+        nonlocal sample_task, names
+        if stop.is_set() or (sample_task is not None and not sample_task.done()):
+            return
+        if done is not None and (done.cancelled() or done.exception() is not None):
+            return  # _report_failure stops the worker
+        while requests:
+            header, tree = requests.popleft()
+            if tree is not None and agent is not None:
+                names = header.meta.get("names", names)
+                agent.load_state_tensors(_params_to_state(names, tree), header.policy_version)
+            if agent is not None and isinstance(header.meta.get("acting"), dict):
+                agent.load_acting_state(header.meta["acting"])
+            if "sample" in header.meta:
+                sample_task = asyncio.create_task(
+                    do_sample(int(header.meta["sample"]), header.policy_version)
+                )
+                sample_task.add_done_callback(_report_failure(stop))
+                sample_task.add_done_callback(start_next)
+                return
+
+    hb = asyncio.create_task(heartbeat())
     exit_code = 0
     try:
         while not stop.is_set():
@@ -413,19 +445,14 @@ async def worker_main(args) -> int:
             elif t == MsgType.ACT_REPLY:
                 remote.on_reply(header, tree)
             elif t == MsgType.PARAMS:
-                if tree is not None and agent is not None:
-                    names = header.meta.get("names", names)
-                    agent.load_state_tensors(_params_to_state(names, tree), header.policy_version)
-                if agent is not None and isinstance(header.meta.get("acting"), dict):
-                    agent.load_acting_state(header.meta["acting"])
-                if "sample" in header.meta:
-                    if sample_task is not None and not sample_task.done():
-                        log.warning("sample request while sampling; ignored")
-                    else:
-                        sample_task = asyncio.create_task(
-                            do_sample(int(header.meta["sample"]), header.policy_version)
-                        )
-                        sample_task.add_done_callback(_report_failure(stop))
+                # Requests queue up (an asynchronous coordinator asks for the next batch
+                # while this one is collected); parameters and acting state that come with a
+                # request are applied just before its batch, never under a running one.
+                if len(requests) >= MAX_QUEUED_REQUESTS:
+                    log.warning("more than %d batch requests queued; dropped one", len(requests))
+                    continue
+                requests.append((header, tree))
+                start_next()
             elif t == MsgType.REFUSED:
                 log.error("coordinator refused us: %s", header.meta.get("reason"))
                 exit_code = 3

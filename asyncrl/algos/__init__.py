@@ -1,7 +1,8 @@
 """Algorithms and their registry: name -> (hyperparameter dataclass, agent factory, algorithm).
 
-Each algorithm's update lives in its own file; this registry is how the CLI, configs and the
-runner find them. Register a new one with ``register_algo``.
+Each algorithm's update lives in its own file; this registry is how the CLI and the runner find
+them. Register a new one with ``register_algo``; it also tells configs (``configs/registry.py``:
+name, hyperparameter dataclass, kind), which never imports this package.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from asyncrl.algos.dqn import DQN, DQNConfig, make_dqn_agent
 from asyncrl.algos.ppo import PPO, PPOConfig
 from asyncrl.algos.sac import SAC, SACConfig, make_sac_agent
 from asyncrl.algos.td3 import TD3, TD3Config, make_td3_agent
+from asyncrl.configs.registry import register_algo_config
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ ALGOS: dict[str, AlgoEntry] = {}
 
 
 def register_algo(entry: AlgoEntry) -> None:
+    # configs sits below the algorithms and never imports them: it learns the name, the
+    # hyperparameter dataclass and the kind from its own registry, filled here.
+    register_algo_config(entry.name, entry.config_cls, entry.kind)
     ALGOS[entry.name] = entry
 
 

@@ -2,7 +2,8 @@
 
 Owns: the config schema, resolution order (defaults < family preset < per-env preset < --config
 file < CLI flags < --set), validation with one-line errors, TOML round trip, budget warnings.
-Must not start anything heavy.
+Must not start anything heavy, nor import the algorithms: their settings' dataclasses come from
+configs/registry.py, which ``asyncrl.algos.register_algo`` fills.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import tomli_w
 
+from asyncrl.configs.registry import ALGO_CONFIGS, valid_algos
 from asyncrl.envs.spec import EnvError, EnvSpec, env_family, validate_env_id
 from asyncrl.models.policies import ModelConfig
 
@@ -192,14 +194,12 @@ def _load_toml(path: Path) -> dict[str, Any]:
 
 
 def apply_toml_dict(cfg: TrainConfig, d: dict[str, Any], source: str) -> None:
-    from asyncrl.algos import ALGOS
-
     d = dict(d)
     if "algo" in d and d["algo"] != cfg.algo:
         raise ConfigError(f"{source}: algo {d['algo']!r} differs from the requested {cfg.algo!r}")
     d.pop("algo", None)
     try:
-        for name in ALGOS:
+        for name in ALGO_CONFIGS:
             if name in d:
                 if name != cfg.algo:
                     d.pop(name)  # a preset file may carry settings for other algorithms
@@ -307,12 +307,10 @@ def _build(
     overrides: dict[str, Any] | None,
     imports: list[str] | None,
 ) -> TrainConfig:
-    from asyncrl.algos import ALGOS
-
     cfg = TrainConfig(
         algo=algo,
         env=EnvSpec(id=env_id, imports=list(imports or [])),
-        algo_params=ALGOS[algo].config_cls(),
+        algo_params=ALGO_CONFIGS[algo].config_cls(),
     )
     for name, path in presets:
         apply_toml_dict(cfg, _load_toml(path), f"preset {name}")
@@ -330,10 +328,8 @@ def _build(
 
 
 def _check_algo(algo: str) -> None:
-    from asyncrl.algos import ALGOS
-
-    if algo not in ALGOS:
-        raise ConfigError(f"unknown algorithm {algo!r}; valid: {', '.join(sorted(ALGOS))}")
+    if algo not in ALGO_CONFIGS:
+        raise ConfigError(f"unknown algorithm {algo!r}; valid: {valid_algos()}")
 
 
 def resolve_config(
@@ -508,15 +504,11 @@ def validate(cfg: TrainConfig) -> None:
 
 def load_config(path: str | Path) -> TrainConfig:
     """Load a resolved config.toml (as written to a run directory)."""
-    from asyncrl.algos import ALGOS
-
     d = _load_toml(Path(path))
     algo = d.get("algo")
-    if algo not in ALGOS:
-        raise ConfigError(
-            f"{path}: unknown or missing algo {algo!r}; valid: {', '.join(sorted(ALGOS))}"
-        )
-    cfg = TrainConfig(algo=algo, env=EnvSpec(), algo_params=ALGOS[algo].config_cls())
+    if algo not in ALGO_CONFIGS:
+        raise ConfigError(f"{path}: unknown or missing algo {algo!r}; valid: {valid_algos()}")
+    cfg = TrainConfig(algo=algo, env=EnvSpec(), algo_params=ALGO_CONFIGS[algo].config_cls())
     apply_toml_dict(cfg, d, str(path))
     validate(cfg)
     return cfg
@@ -524,14 +516,10 @@ def load_config(path: str | Path) -> TrainConfig:
 
 def config_from_dict(d: dict[str, Any], source: str = "config") -> TrainConfig:
     """A TrainConfig from ``TrainConfig.to_dict()`` output (e.g. sent to a remote worker)."""
-    from asyncrl.algos import ALGOS
-
     algo = d.get("algo") if isinstance(d, dict) else None
-    if algo not in ALGOS:
-        raise ConfigError(
-            f"{source}: unknown or missing algo {algo!r}; valid: {', '.join(sorted(ALGOS))}"
-        )
-    cfg = TrainConfig(algo=algo, env=EnvSpec(), algo_params=ALGOS[algo].config_cls())
+    if algo not in ALGO_CONFIGS:
+        raise ConfigError(f"{source}: unknown or missing algo {algo!r}; valid: {valid_algos()}")
+    cfg = TrainConfig(algo=algo, env=EnvSpec(), algo_params=ALGO_CONFIGS[algo].config_cls())
     apply_toml_dict(cfg, d, source)
     validate(cfg)
     return cfg

@@ -271,3 +271,41 @@ class HandshakeWatch:
                 pass
             self.monitor.close(linger=0)
             self.monitor = None
+
+
+async def watch_handshakes(sock: Any, endpoint: str, on_refused) -> None:
+    """Server side: count (``on_refused()``) and log connections refused during the CURVE
+    handshake, until cancelled. The ZAP handler logs an unknown key itself; a peer without
+    CURVE or with another server key fails before ZAP is asked, and only this monitor sees it
+    (logged once a minute: a peer retrying in a loop must not flood the log)."""
+    import time
+
+    from zmq.utils.monitor import parse_monitor_message
+
+    events = (
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+        | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    )
+    monitor = sock.get_monitor_socket(events)
+    last_logged = -1e9
+    try:
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())
+            on_refused()
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                continue  # logged by the ZAP handler, with the key
+            now = time.monotonic()
+            if now - last_logged >= 60.0:
+                last_logged = now
+                log.warning(
+                    "refused a connection to %s: CURVE handshake failed (a worker without "
+                    "keys, or with another coordinator's server.key)",
+                    endpoint,
+                )
+    finally:
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        monitor.close(linger=0)

@@ -1,10 +1,17 @@
-"""The coordinator: one asyncio loop (in a thread of the training process) that owns the workers.
+"""The coordinator: the runtime's composition root, one asyncio loop (in a thread of the
+training process) that owns the workers' sockets and routes their messages to the roles.
 
-Owns: registering workers (local ones it starts itself, remote ones that connect), their
-heartbeats and deaths, routing sample requests and batches, broadcasting parameters with a
-version number, and central inference (batched ACT_REQUESTs) in the central/alternating modes.
-It never sees a loss; the sampler in ``asyncrl/samplers/runtime.py`` turns its batches into
-Samples for the training loop.
+Roles, one module each (see docs/architecture.md):
+- loop host (``loop.py``): the thread, the loop, the task set, ``call`` for blocking callers;
+- launcher (``launcher.py``): starts, restarts and reaps local processes;
+- registry (``registry.py``): worker records, which REGISTERs are accepted;
+- flow control (``flow.py``): synchronous rounds, or asynchronous credits and learner slots;
+- inference server (``inference.py``): central/alternating ACT_REQUESTs, in its own thread;
+- the learner link: a third socket on which the learner process (``workers/optimizer.py``,
+  asynchronous runs) registers; its messages go to the sampler layer's handler.
+This module owns the sockets, dispatching messages to those roles, heartbeats and deaths (the
+restart policy in ``supervision.py``), and the fault counters. It never sees a loss; the
+sampler in ``asyncrl/samplers/runtime.py`` turns batches into Samples.
 
 ZeroMQ pattern: ROUTER (here) / DEALER (workers), the guide's asynchronous client/server, with
 "Paranoid Pirate" heartbeating both ways: each side sends HEARTBEAT every ``heartbeat_s``; a
@@ -14,28 +21,22 @@ in the same slot) or left out of the batch (remote workers). Local workers conne
 without keys; remote workers connect to ``bind`` over TCP, with CURVE when a key directory is
 given (an unknown key is refused by the ZAP handler and logged; a peer without CURVE or with
 another server key fails the handshake, which a socket monitor counts and logs).
-Local workers run in their own session (process group), so a terminal's Ctrl-C reaches the
-training process only, which then stops them; they exit by themselves if it dies.
+A learner process that exits ends the run (``failure``), it is never restarted.
 
-Structured concurrency: every task belongs to the loop's task set and is cancelled on stop();
-sockets have timeouts (see transport.SocketOptions); stop() sends STOP, waits, then kills.
+Structured concurrency: every task belongs to the loop host's task set and is cancelled on
+stop(); sockets have timeouts (see transport.SocketOptions); stop() sends STOP, waits, kills.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 import logging
 import os
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,13 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from asyncrl.data import example_schema, namedarraytuple, tree_map
+from asyncrl.data import example_schema, tree_map
+from asyncrl.runtime.flow import AsyncFlow, Delivery, SyncRounds
+from asyncrl.runtime.inference import ActReply, InferenceServer
+from asyncrl.runtime.launcher import LocalLauncher
+from asyncrl.runtime.loop import LoopHost
 from asyncrl.runtime.protocol import Header, MsgType, ProtocolError, VersionMismatch
+from asyncrl.runtime.registry import LOCAL_ID_PREFIX, Registry, RemoteLimits, WorkerRecord
 from asyncrl.runtime.supervision import RestartPolicy
 from asyncrl.runtime.transport import (
     PeerUnreachable,
@@ -52,7 +58,6 @@ from asyncrl.runtime.transport import (
     SocketOptions,
     bound_endpoint,
     choose_path,
-    install_event_loop,
     recv_from,
     release_header,
     router,
@@ -61,64 +66,39 @@ from asyncrl.runtime.transport import (
 
 log = logging.getLogger("asyncrl.coordinator")
 
-ActReply = namedarraytuple("ActReply", ["action", "agent_info"])
+__all__ = [
+    "LOCAL_ID_PREFIX",
+    "ActReply",
+    "Coordinator",
+    "Delivery",
+    "RemoteLimits",
+    "RuntimeError_",
+    "WorkerRecord",
+]
+
 Params = None  # namedarraytuple classes are made per parameter count
 
 
 class RuntimeError_(RuntimeError):
-    """The runtime cannot go on (no workers, a worker keeps failing); one line for the user."""
-
-
-@dataclass
-class WorkerRecord:
-    peer: bytes
-    local: bool
-    slot: int  # local slot index, -1 for remote workers
-    env_offset: int
-    num_envs: int
-    path: str
-    socket_name: str  # "local" | "remote"
-    pid: int = 0
-    last_seen: float = field(default_factory=time.monotonic)
-    steps_per_s: float = 0.0
-    steps: int = 0
-    alive: bool = True
-    host: str = ""
-    misses: int = 0  # rounds in a row this (remote) worker was too late for
-    delivered: int = 0  # batches it delivered
-    since: float = field(default_factory=time.monotonic)  # registered at
-    requests: int = 0  # batches asked of it (all but an owed one were delivered)
-
-
-@dataclass
-class RemoteLimits:
-    """What remote peers may make the coordinator hold (sampler.max_remote_* settings)."""
-
-    max_workers: int = 32  # remote workers registered at once
-    max_envs: int = 1024  # envs of all remote workers together
-    max_envs_per_worker: int = 256  # envs one remote worker may ask for
-    grace_s: float = 5.0  # a remote batch later than max(grace_s, 2x the round so far) ...
-    misses: int = 3  # ... is left out of the round; this many misses in a row drop the worker
+    """The runtime cannot go on (no workers, a worker keeps failing, the learner died); one
+    line for the user."""
 
 
 REMOTE_RECV_HWM = 8  # messages queued per remote peer (a worker has ~3 in flight)
 DROP_LOG_PERIOD_S = 10.0  # a (peer, reason) pair is logged at most this often
-
-# Identities of the workers this coordinator starts itself; never accepted from the network.
-LOCAL_ID_PREFIX = b"local-"
-
-
-@dataclass
-class Delivery:
-    worker: WorkerRecord
-    tree: Any  # WorkerBatch view (valid during the deliver callback only)
-    meta: dict
-    final: list  # [(t, b_local, obs)]
+LEARNER = "learner"  # the launcher's key (and ROUTER identity) of the learner process
 
 
 class Coordinator:
     """Runs the runtime's event loop in a background thread; call its blocking methods from the
-    training loop. ``config_dict`` is ``TrainConfig.to_dict()`` (what workers rebuild)."""
+    training loop. ``config_dict`` is ``TrainConfig.to_dict()`` (what workers rebuild).
+
+    Asynchronous runs pass ``async_flow=(slots, credits, deliver, complete)`` (see
+    ``flow.AsyncFlow``) and ``learner=(meta, on_message)``: the learner process is started and
+    answered with ``meta`` at its REGISTER; its later messages go to ``on_message(header,
+    tree)`` on the loop."""
+
+    Error = RuntimeError_
 
     def __init__(
         self,
@@ -141,6 +121,9 @@ class Coordinator:
         restart_policy: RestartPolicy | None = None,
         limits: RemoteLimits | None = None,
         remote_max_message_bytes: int = 0,
+        async_flow: tuple | None = None,
+        learner: tuple | None = None,
+        refuse_remote: str = "",
     ):
         self.config_dict = config_dict
         self.mode, self.horizon = mode, horizon
@@ -160,114 +143,101 @@ class Coordinator:
         self.remote_max_message_bytes = remote_max_message_bytes
         self.torch_threads = torch_threads
         self.info_schema = example_schema(info_example) if info_example is not None else None
-        self.allow_remote_sizes = allow_remote_sizes
+        # Why remote workers are turned away ('' if they are welcome).
+        self.refuse_remote = refuse_remote or (
+            ""
+            if allow_remote_sizes
+            else "this run takes local workers only (off-policy replay needs a fixed env count)"
+        )
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.worker_log_level = worker_log_level
-        self.workers: dict[bytes, WorkerRecord] = {}
-        self.processes: dict[int, subprocess.Popen] = {}
+        self.host = LoopHost("asyncrl-coordinator")
+        self.launcher = LocalLauncher(torch_threads)
+        self.registry = Registry(self.limits, envs_per_worker)
+        self.workers = self.registry.workers  # by ROUTER identity
+        self.rounds = SyncRounds(self)
+        self.flow: AsyncFlow | SyncRounds = self.rounds
+        if async_flow is not None:
+            slots, credits, deliver, complete = async_flow
+            self.flow = AsyncFlow(self, slots, credits, deliver, complete)
+        self._learner = learner  # (meta, on_message) or None
+        self.learner_registered = False
         self.restarts: dict[int, int] = {}
         self.restart_policy = restart_policy or RestartPolicy()
-        self._restart_timers: dict[int, asyncio.TimerHandle] = {}
-        # Set (on the loop) when a local slot is given up: the run cannot sample any more.
+        self._restart_timers: dict[int, Any] = {}
+        # Set (on the loop) when the run cannot go on (a local slot given up, the learner died).
         self.failure: RuntimeError_ | None = None
         self.lost_batches = 0
         self.missed_batches = 0  # remote batches left out of a round for being late
-        self._last_round_s = 0.0  # how long the last round that delivered took
         self.dropped_messages = 0
         self._drop_log: dict[tuple, list] = {}  # (peer, kind) -> [last logged at, not logged]
         self.refused_workers = 0
         self._remote_offset = local_workers * envs_per_worker
         self._remote_serial = itertools.count()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._start_error: BaseException | None = None
-        self._tasks: set[asyncio.Task] = set()
         self._registered = None  # asyncio.Condition, made in the loop
-        self._itr: int | None = None
-        self._itr_expected: set[bytes] = set()
-        self._itr_slots_pending: set[int] = set()
-        self._itr_done: asyncio.Event | None = None
-        self._itr_request: tuple | None = None
-        self._deliver: Callable[[Delivery], None] | None = None
         self._finals: dict[bytes, list] = {}
         self._agent = None
-        self._act_queue: asyncio.Queue | None = None
+        self.inference: InferenceServer | None = None
+        self._params_for_workers: tuple | None = None  # async: (names, params, version)
+        self._acting: dict = {}
         self._stopping = False
         self.local_endpoint = ""
         self.remote_endpoint = ""
+        self.learner_endpoint = ""
         self._ipc_dir: str | None = None
         self._authenticator = None
+        self.local_sock = self.remote_sock = self.learner_sock = None
 
     # ------------------------------------------------------------------ life cycle (caller)
     def start(self, timeout: float = 30.0) -> None:
-        # Central inference runs the agent on the loop's thread. torch's intra-op thread count
-        # is per thread (OpenMP's setting is thread-local): a new thread would use one thread
-        # per core whatever the caller set, and on a busy machine each tiny forward pass then
-        # costs milliseconds of spinning. Give the loop thread the caller's setting.
-        torch = sys.modules.get("torch")
-        self._inference_threads = torch.get_num_threads() if torch is not None else 0
-        self._thread = threading.Thread(
-            target=self._thread_main, name="asyncrl-coordinator", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError_("the coordinator's event loop did not start")
-        if self._start_error is not None:
-            raise self._start_error
+        try:
+            self.host.start(self._setup, self._teardown, timeout)
+        except RuntimeError_:
+            raise
+        except RuntimeError as e:
+            raise RuntimeError_(str(e)) from None
         for slot in range(self.local_workers):
             self._spawn_local(slot)
-
-    def _thread_main(self) -> None:
-        if self._inference_threads:
-            sys.modules["torch"].set_num_threads(self._inference_threads)
-        install_event_loop()
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._setup())
-        except BaseException as e:  # noqa: BLE001 - reported to start()
-            self._start_error = e if isinstance(e, Exception) else RuntimeError_(str(e))
-            self._ready.set()
-            loop.close()
-            return
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(self._teardown())
-            loop.close()
+        if self._learner is not None:
+            self.launcher.start(
+                LEARNER,
+                "learner",
+                [
+                    "--connect",
+                    self.learner_endpoint,
+                    "--parent-pid",
+                    str(os.getpid()),
+                    "--log-level",
+                    self.worker_log_level,
+                ],
+            )
 
     def call(self, coro, timeout: float | None = None):
         """Run ``coro`` on the coordinator's loop from another thread and wait for its result."""
-        if self._loop is None:
+        if self.host.loop is None:
+            coro.close()
             raise RuntimeError_("coordinator not started")
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return fut.result(timeout)
-        except TimeoutError:
-            fut.cancel()
-            raise
+        return self.host.call(coro, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """STOP every worker, wait for local processes (kill stragglers), close the sockets."""
-        if self._loop is None or self._stopping:
-            self._reap(0)
+        """STOP every worker (and the learner), wait for local processes (kill stragglers),
+        close the sockets."""
+        if self.host.loop is None or self._stopping:
+            self.launcher.reap(0)
             return
         self._stopping = True  # from now on no worker is restarted
+        self.host.stopping = True
         try:
             try:
                 self.call(self._broadcast_stop(), timeout=timeout)
             except Exception:  # noqa: BLE001 - best effort; processes are killed below
                 pass
-            self._reap(timeout)
-            if self._loop.is_running():
-                self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._thread is not None:
-                self._thread.join(timeout)
-            self._reap(1.0)  # a replacement started on the loop while the first reap ran
+            self.launcher.reap(timeout)
+            self.host.stop(timeout)
+            self.launcher.reap(1.0)  # a replacement started on the loop while the first reap ran
         finally:
+            if self.inference is not None:
+                self.inference.close()
             self._remove_ipc_dir()
 
     def _remove_ipc_dir(self) -> None:
@@ -279,32 +249,25 @@ class Coordinator:
             except OSError:
                 pass
 
-    def _reap(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for proc in list(self.processes.values()):
-            remaining = max(deadline - time.monotonic(), 0.0)
-            try:
-                proc.wait(remaining)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        self.processes.clear()
-
     # ------------------------------------------------------------------ setup / teardown (loop)
     async def _setup(self) -> None:
+        import asyncio
+
         self.ctx = zmq.asyncio.Context()
         self.shm = ShmReceiver()
         self._registered = asyncio.Condition()
-        self._act_queue = asyncio.Queue()
         options = SocketOptions(send_timeout_s=10.0, recv_timeout_s=None)
         if os.name == "posix":
             self._ipc_dir = tempfile.mkdtemp(prefix="asyncrl-")
             local_bind = f"ipc://{self._ipc_dir}/coordinator.sock"
+            learner_bind = f"ipc://{self._ipc_dir}/learner.sock"
         else:  # pragma: no cover - no ipc transport on Windows
-            local_bind = "tcp://127.0.0.1:*"
+            local_bind = learner_bind = "tcp://127.0.0.1:*"
         self.local_sock = router(self.ctx, local_bind, options)
         self.local_endpoint = bound_endpoint(self.local_sock)
-        self.remote_sock = None
+        if self._learner is not None:
+            self.learner_sock = router(self.ctx, learner_bind, options)
+            self.learner_endpoint = bound_endpoint(self.learner_sock)
         if self.bind:
             curve = None
             if self.keys:
@@ -332,132 +295,75 @@ class Coordinator:
             except zmq.ZMQError as e:
                 raise RuntimeError_(f"cannot bind {self.bind!r}: {e}") from None
             self.remote_endpoint = bound_endpoint(self.remote_sock)
-        self._spawn_task(self._reader(self.local_sock, "local"))
+        spawn = self.host.spawn
+        spawn(self._reader(self.local_sock, "local"))
+        if self.learner_sock is not None:
+            spawn(self._reader(self.learner_sock, "learner"))
         if self.remote_sock is not None:
-            self._spawn_task(self._reader(self.remote_sock, "remote"))
+            spawn(self._reader(self.remote_sock, "remote"))
             if self._authenticator is not None:
-                self._spawn_task(self._watch_handshakes(self.remote_sock))
-        self._spawn_task(self._monitor())
-        self._spawn_task(self._inference())
+                from asyncrl.runtime.auth import watch_handshakes
 
-    async def _watch_handshakes(self, sock) -> None:
-        """Count (and log) connections refused during the CURVE handshake. The ZAP handler
-        logs an unknown key itself; a peer without CURVE or with the wrong server key fails
-        before ZAP is asked, and only this monitor sees it."""
-        from zmq.utils.monitor import parse_monitor_message
+                spawn(watch_handshakes(self.remote_sock, self.remote_endpoint, self._on_refused))
+        spawn(self._monitor())
 
-        events = (
-            zmq.EVENT_HANDSHAKE_FAILED_AUTH
-            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-        )
-        monitor = sock.get_monitor_socket(events)
-        last_logged = -1e9
-        try:
-            while True:
-                event = parse_monitor_message(await monitor.recv_multipart())
-                self.refused_workers += 1
-                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                    continue  # logged by the ZAP handler, with the key
-                now = time.monotonic()
-                if now - last_logged >= 60.0:  # a peer retrying is logged once a minute
-                    last_logged = now
-                    log.warning(
-                        "refused a connection to %s: CURVE handshake failed (a worker without "
-                        "keys, or with another coordinator's server.key)",
-                        self.remote_endpoint,
-                    )
-        finally:
-            try:
-                sock.disable_monitor()
-            except zmq.ZMQError:
-                pass
-            monitor.close(linger=0)
-
-    def _spawn_task(self, coro) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and not self._stopping:
-            log.error("coordinator task failed: %r", task.exception())
+    def _on_refused(self) -> None:
+        self.refused_workers += 1
 
     async def _teardown(self) -> None:
         for handle in self._restart_timers.values():
             handle.cancel()
         self._restart_timers.clear()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
         self.shm.close()
         if self._authenticator is not None:
             try:
                 self._authenticator.stop()
             except Exception:  # noqa: BLE001
                 pass
-        for sock in (self.local_sock, self.remote_sock):
+        for sock in (self.local_sock, self.remote_sock, self.learner_sock):
             if sock is not None:
                 sock.close(linger=0)
         self.ctx.term()
 
     # ------------------------------------------------------------------ local processes
     def _spawn_local(self, slot: int) -> None:
-        """Start local worker ``slot`` as a fresh interpreter (spawn semantics, no fork)."""
-        cmd = [
-            sys.executable,
-            # A worker's segments are registered with its own resource tracker, which unlinks
-            # them if the worker is killed (it cannot): that cleanup is by design here, so its
-            # "leaked shared_memory objects" warning is not for the user (-W options pass on to
-            # the tracker process; the filter matches warnings issued by that module only).
-            "-W",
-            "ignore::UserWarning:multiprocessing.resource_tracker",
-            "-m",
-            "workers.sampler",
-            "--connect",
-            self.local_endpoint,
-            "--slot",
-            str(slot),
-            "--id",
-            f"local-{slot}-{self.restarts.get(slot, 0)}",
-            "--parent-pid",
-            str(os.getpid()),
-            "--heartbeat",
-            str(self.heartbeat_s),
-            "--dead-after",
-            str(max(10.0, 6 * self.worker_timeout_s)),
-            "--log-level",
-            self.worker_log_level,
-        ]
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(self.torch_threads))
-        # Make the workers package importable however this process was started.
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        # Its own session (process group): Ctrl-C in a terminal signals the whole foreground
-        # group, and workers that quit on their own mid-batch would be restarted while the
-        # run is stopping. The training process stops them (STOP, then kill); they also exit
-        # when it dies (--parent-pid).
-        if os.name == "posix":
-            group = {"start_new_session": True}
-        else:  # pragma: no cover - Windows
-            group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-        self.processes[slot] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, **group)
+        """Start local worker ``slot`` (the launcher's key is the slot number)."""
+        self.launcher.start(
+            slot,
+            "sampler",
+            [
+                "--connect",
+                self.local_endpoint,
+                "--slot",
+                str(slot),
+                "--id",
+                f"local-{slot}-{self.restarts.get(slot, 0)}",
+                "--parent-pid",
+                str(os.getpid()),
+                "--heartbeat",
+                str(self.heartbeat_s),
+                "--dead-after",
+                str(max(10.0, 6 * self.worker_timeout_s)),
+                "--log-level",
+                self.worker_log_level,
+            ],
+        )
+
+    @property
+    def processes(self) -> dict:
+        return self.launcher.processes
 
     def kill_local(self, slot: int, sig: int = 9) -> int:
         """Send ``sig`` to local worker ``slot`` (tests and fault drills); returns its pid.
         ProcessLookupError if none runs in that slot now (waiting for a restart, given up)."""
-        proc = self.processes.get(slot)
-        if proc is None or proc.returncode is not None or proc.poll() is not None:
-            raise ProcessLookupError(f"no local worker runs in slot {slot} now")
-        os.kill(proc.pid, sig)
-        return proc.pid
+        try:
+            return self.launcher.kill(slot, sig)
+        except ProcessLookupError:
+            raise ProcessLookupError(f"no local worker runs in slot {slot} now") from None
+
+    def kill_learner(self, sig: int = 9) -> int:
+        """Send ``sig`` to the learner process (tests and fault drills); returns its pid."""
+        return self.launcher.kill(LEARNER, sig)
 
     def _restart(self, slot: int, why: str, productive: bool) -> None:
         """The worker of local ``slot`` is dead (process gone): start its replacement now or
@@ -479,7 +385,7 @@ class Coordinator:
                 why,
                 delay,
             )
-            self._restart_timers[slot] = self._loop.call_later(delay, self._respawn, slot)
+            self._restart_timers[slot] = self.host.loop.call_later(delay, self._respawn, slot)
 
     def _respawn(self, slot: int) -> None:
         self._restart_timers.pop(slot, None)
@@ -488,19 +394,24 @@ class Coordinator:
 
     def _give_up(self, slot: int, why: str, failures: int) -> None:
         policy = self.restart_policy
-        message = (
-            f"local worker {slot} failed {failures} times within {policy.window_s:.0f} s without "
-            f"delivering a batch (last: {why}); the run cannot sample (see train.log)"
+        self.launcher.forget(slot)
+        self.rounds.on_give_up(slot)
+        self._fail(
+            f"local worker {slot} failed {failures} times within {policy.window_s:.0f} s "
+            f"without delivering a batch (last: {why}); the run cannot sample (see train.log)"
         )
+
+    def _fail(self, message: str) -> None:
+        """The run cannot go on: record why, end a round, wake whoever waits."""
+        if self.failure is not None:
+            return
         log.error("%s", message)
         self.failure = RuntimeError_(message)
-        self.processes.pop(slot, None)
-        self._itr_slots_pending.discard(slot)
-        # End the round now (the sampler raises ``failure``), and wake a wait for workers.
-        if self._itr_done is not None:
-            self._itr_done.set()
+        self.flow.wake()
         if self._registered is not None:
-            self._spawn_task(self._notify_registered())
+            self.host.spawn(self._notify_registered())
+        if self._learner is not None:  # the sampler layer's waits end too
+            self._learner[1](None, None)
 
     async def _notify_registered(self) -> None:
         async with self._registered:
@@ -508,12 +419,14 @@ class Coordinator:
 
     # ------------------------------------------------------------------ messages
     async def _reader(self, sock, name: str) -> None:
+        import asyncio
+
         while True:
             try:
                 peer, header, tree = await recv_from(sock, shm=self.shm)
             except VersionMismatch as e:
                 self.dropped_messages += 1
-                self._log_drop(e.peer, "version", "refused peer %r: %s", e.peer, e.reason)
+                self.log_drop(e.peer, "version", "refused peer %r: %s", e.peer, e.reason)
                 await self._try_send(
                     sock,
                     e.peer,
@@ -522,7 +435,7 @@ class Coordinator:
                 continue
             except ProtocolError as e:
                 self.dropped_messages += 1
-                self._log_drop(
+                self.log_drop(
                     e.peer, e.reason[:24], "dropped a message from %r: %s", e.peer, e.reason
                 )
                 continue
@@ -530,16 +443,19 @@ class Coordinator:
                 raise
             except Exception as e:  # noqa: BLE001 - a socket hiccup must not kill the loop
                 self.dropped_messages += 1
-                self._log_drop(None, name, "receive failed on the %s socket: %r", name, e)
+                self.log_drop(None, name, "receive failed on the %s socket: %r", name, e)
                 await asyncio.sleep(0.01)
                 continue
             try:
-                await self._handle(sock, name, peer, header, tree)
+                if name == "learner":
+                    await self._handle_learner(peer, header, tree)
+                else:
+                    await self._handle(sock, name, peer, header, tree)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - bad content from one peer: drop and log
                 self.dropped_messages += 1
-                self._log_drop(
+                self.log_drop(
                     peer,
                     f"{header.type.name}:{type(e).__name__}",
                     "dropped %s from %r: %s: %s",
@@ -549,7 +465,7 @@ class Coordinator:
                     str(e)[:200],
                 )
 
-    def _log_drop(self, peer: bytes | None, kind: str, fmt: str, *args: Any) -> None:
+    def log_drop(self, peer: bytes | None, kind: str, fmt: str, *args: Any) -> None:
         """Log a dropped or refused message, at most once per ``DROP_LOG_PERIOD_S`` for each
         (peer, kind); the next line says how many were not logged meanwhile. (A peer sending
         100,000 bad messages writes a handful of lines; the count is in the progress line.)"""
@@ -568,6 +484,8 @@ class Coordinator:
             args = (*args, suppressed)
         log.warning(fmt, *args)
 
+    _log_drop = log_drop
+
     async def _try_send(self, sock, peer: bytes, header: Header, tree: Any = None) -> bool:
         try:
             await send_to(sock, peer, header, tree, timeout=5.0)
@@ -576,17 +494,18 @@ class Coordinator:
             log.info("could not send %s to %r: %s", header.type.name, peer, e)
             return False
 
+    def _sock(self, worker: WorkerRecord):
+        return self.local_sock if worker.socket_name == "local" else self.remote_sock
+
     async def _handle(self, sock, name: str, peer: bytes, header: Header, tree: Any) -> None:
         t = header.type
         if t == MsgType.REGISTER:
             await self._on_register(sock, name, peer, header)
             return
-        worker = self.workers.get(peer)
-        if worker is not None and worker.socket_name != name:
-            worker = None  # a registered identity spoken on the other socket: not that worker
+        worker = self.registry.get(peer, name)
         if worker is None:
             self.dropped_messages += 1
-            self._log_drop(
+            self.log_drop(
                 peer, "unregistered", "dropped %s from unregistered peer %r", t.name, peer
             )
             if t == MsgType.SAMPLES and header.slot is not None:
@@ -611,61 +530,36 @@ class Coordinator:
             self._finals[peer] = [(int(tt), int(b), o) for (tt, b), o in zip(final, obs)]
         elif t == MsgType.SAMPLES:
             try:
-                self._on_samples(worker, header, tree)
+                self.flow.on_samples(worker, header, tree)
             finally:
                 if header.slot is not None:
                     await self._try_send(sock, peer, release_header(header))
         elif t == MsgType.ACT_REQUEST:
-            await self._act_queue.put((sock, worker, header, tree))
+            if self.inference is None:
+                raise ProtocolError("ACT_REQUEST but no central agent is served")
+            what = header.meta.get("what", "act") if isinstance(header.meta, dict) else "act"
+            self.inference.submit((sock, worker, header), tree, what)
         elif t == MsgType.BYE:
-            self._declare_dead(worker, "said goodbye")
+            self.declare_dead(worker, "said goodbye")
         else:
             raise ProtocolError(f"unexpected message type {t.name} from a worker")
+
+    def pop_finals(self, peer: bytes) -> list:
+        return self._finals.pop(peer, [])
 
     async def _refuse(self, sock, peer: bytes, reason: str) -> None:
         """Answer a REGISTER that cannot be accepted with REFUSED and its reason (logged at a
         limited rate: a peer retrying in a loop must not flood the log)."""
         self.refused_workers += 1
-        self._log_drop(peer, "refused", "refused worker %r: %s", peer, reason)
+        self.log_drop(peer, "refused", "refused worker %r: %s", peer, reason)
         await self._try_send(
             sock, peer, Header(MsgType.REFUSED, run_id=self.run_id, meta={"reason": reason})
         )
 
     def _remote_register_refusal(self, peer: bytes, meta: dict) -> str:
-        """'' if a remote REGISTER may be accepted, else why not (one line for the worker)."""
-        if not self.allow_remote_sizes:
-            return "this run takes local workers only (off-policy replay needs a fixed env count)"
-        if self.mode != "parallel":
-            return f"remote workers join parallel-mode runs only (this run is {self.mode})"
-        if peer.startswith(LOCAL_ID_PREFIX):
-            return f"identity {peer[:64]!r} is reserved for this coordinator's local workers"
-        existing = self.workers.get(peer)
-        if existing is not None and existing.socket_name != "remote":
-            return f"identity {peer[:64]!r} is taken"
-        envs, pid, probe = meta.get("envs", 0), meta.get("pid", 0), meta.get("probe")
-        limit = self.limits.max_envs_per_worker
-        if type(envs) is not int or not 0 <= envs <= limit:
-            return f"envs must be an integer in 0..{limit} (0: the run's default), got {envs!r}"[
-                :200
-            ]
-        if type(pid) is not int or pid < 0:
-            return f"pid must be a non-negative integer, got {pid!r}"[:200]
-        if probe is not None and type(probe) is not dict:
-            return "probe must be a map (asyncrl.runtime.LocalityProbe)"
-        remote = [w for w in self.workers.values() if not w.local and w.peer != peer]
-        if len(remote) >= self.limits.max_workers:
-            return (
-                f"this run has its maximum of {self.limits.max_workers} remote workers "
-                "(sampler.max_remote_workers)"
-            )
-        n_envs = envs or self.envs_per_worker
-        held = sum(w.num_envs for w in remote)
-        if held + n_envs > self.limits.max_envs:
-            return (
-                f"{n_envs} more envs would exceed the run's {self.limits.max_envs} remote envs "
-                f"({held} taken; sampler.max_remote_envs)"
-            )
-        return ""
+        return self.registry.remote_refusal(
+            peer, meta, mode=self.mode, allow_remote=self.refuse_remote
+        )
 
     async def _on_register(self, sock, name: str, peer: bytes, header: Header) -> None:
         meta = header.meta if isinstance(header.meta, dict) else {}
@@ -679,7 +573,7 @@ class Coordinator:
                 return
             offset, n_envs = slot * self.envs_per_worker, self.envs_per_worker
             # A replacement takes over its slot: forget the old record.
-            for other in [w for w in self.workers.values() if w.local and w.slot == slot]:
+            for other in self.registry.local_in_slot(slot):
                 self._forget(other)
         else:
             reason = self._remote_register_refusal(peer, meta)
@@ -707,7 +601,7 @@ class Coordinator:
             pid=int(meta.get("pid", 0) or 0),
             host=str((meta.get("probe") or {}).get("hostname", "")),
         )
-        self.workers[peer] = record
+        self.registry.add(record)
         reply = Header(
             MsgType.REGISTERED,
             run_id=self.run_id,
@@ -738,82 +632,161 @@ class Coordinator:
         )
         async with self._registered:
             self._registered.notify_all()
-        # A replacement of a worker whose batch is still owed picks up the request.
-        if self._itr is not None and record.local and record.slot in self._itr_slots_pending:
-            self._itr_expected.add(peer)
-            await self._send_request(record)
+        await self.flow.on_register(record)
 
     def _forget(self, worker: WorkerRecord) -> None:
-        self.workers.pop(worker.peer, None)
+        self.registry.remove(worker.peer)
         self._finals.pop(worker.peer, None)
         self.shm.forget(worker.peer)
 
-    def _declare_dead(self, worker: WorkerRecord, why: str) -> None:
+    def declare_dead(self, worker: WorkerRecord, why: str) -> None:
         if not worker.alive:
             return
         worker.alive = False
-        owed = self._itr is not None and worker.peer in self._itr_expected
+        owed = self.flow.owes(worker)
         (log.info if self._stopping or why == "said goodbye" and not owed else log.warning)(
-            "worker %r is gone (%s)%s", worker.peer, why, "; its batch is lost" if owed else ""
+            "worker %r is gone (%s)%s",
+            worker.peer,
+            why,
+            "; its batch is lost"
+            if owed and not worker.local
+            else "; its batch is asked of its replacement"
+            if owed
+            else "",
         )
         if owed:
             self.lost_batches += 1
-            self._itr_expected.discard(worker.peer)
+        self.flow.on_dead(worker, owed)
         self._forget(worker)
         if worker.local and not self._stopping:
-            proc = self.processes.get(worker.slot)
-            if proc is not None and proc.poll() is None:
-                proc.kill()  # a stalled local worker: make sure it is gone before replacing it
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
+            # a stalled local worker: make sure it is gone before replacing it
+            self.launcher.kill_and_wait(worker.slot)
             delivered = worker.delivered
             uptime = time.monotonic() - worker.since
             self._restart(worker.slot, why, self.restart_policy.productive(delivered, uptime))
-        elif owed:
-            self._check_itr_done()
+        self.flow.after_dead(worker, owed)
+
+    _declare_dead = declare_dead
 
     async def _monitor(self) -> None:
         """Heartbeats out, deaths in: the Paranoid Pirate's two timers."""
+        import asyncio
+
         last_beat = 0.0
         while True:
             now = time.monotonic()
             for worker in list(self.workers.values()):
-                proc = self.processes.get(worker.slot) if worker.local else None
-                if proc is not None and proc.poll() is not None:
-                    self._declare_dead(worker, f"process exited with {proc.returncode}")
+                code = self.launcher.exit_code(worker.slot) if worker.local else None
+                if code is not None:
+                    self.declare_dead(worker, f"process exited with {code}")
                 elif now - worker.last_seen > self.worker_timeout_s:
-                    self._declare_dead(worker, f"silent for {now - worker.last_seen:.1f} s")
+                    self.declare_dead(worker, f"silent for {now - worker.last_seen:.1f} s")
             # Local processes that died before registering.
-            registered_slots = {w.slot for w in self.workers.values() if w.local}
-            for slot, proc in list(self.processes.items()):
+            registered_slots = self.registry.registered_slots()
+            for slot in [k for k in self.launcher.processes if isinstance(k, int)]:
+                code = self.launcher.exit_code(slot)
                 if (
                     slot not in registered_slots
                     and slot not in self._restart_timers  # dead, its replacement is due
-                    and proc.poll() is not None
+                    and code is not None
                     and not self._stopping
                 ):
-                    log.warning(
-                        "local worker %d exited with %s before registering", slot, proc.returncode
+                    log.warning("local worker %d exited with %s before registering", slot, code)
+                    self._restart(slot, f"exited with {code} before registering", False)
+            if self._learner is not None and not self._stopping:
+                code = self.launcher.exit_code(LEARNER)
+                if code is not None and self.failure is None:
+                    self._fail(
+                        f"the learner process exited with code {code}; the run cannot "
+                        "optimize (resume it from its last checkpoint with --resume)"
                     )
-                    self._restart(slot, f"exited with {proc.returncode} before registering", False)
             if now - last_beat >= self.heartbeat_s:
                 last_beat = now
                 for worker in list(self.workers.values()):
-                    sock = self.local_sock if worker.socket_name == "local" else self.remote_sock
                     await self._try_send(
-                        sock, worker.peer, Header(MsgType.HEARTBEAT, run_id=self.run_id)
+                        self._sock(worker),
+                        worker.peer,
+                        Header(MsgType.HEARTBEAT, run_id=self.run_id),
                     )
             await asyncio.sleep(min(0.2, self.heartbeat_s / 2))
 
     async def _broadcast_stop(self) -> None:
         for worker in list(self.workers.values()):
-            sock = self.local_sock if worker.socket_name == "local" else self.remote_sock
-            await self._try_send(sock, worker.peer, Header(MsgType.STOP, run_id=self.run_id))
+            await self._try_send(
+                self._sock(worker), worker.peer, Header(MsgType.STOP, run_id=self.run_id)
+            )
+        if self.learner_sock is not None and self.learner_registered:
+            await self._try_send(
+                self.learner_sock, LEARNER.encode(), Header(MsgType.STOP, run_id=self.run_id)
+            )
+
+    # ------------------------------------------------------------------ the learner link
+    async def _handle_learner(self, peer: bytes, header: Header, tree: Any) -> None:
+        if peer != LEARNER.encode():
+            raise ProtocolError(f"unknown peer {peer[:64]!r} on the learner socket")
+        if header.type == MsgType.REGISTER:
+            self.learner_registered = True
+            meta, _ = self._learner
+            reply = Header(MsgType.REGISTERED, run_id=self.run_id, meta=meta)
+            await self._try_send(self.learner_sock, peer, reply)
+            return
+        if header.run_id != self.run_id:
+            raise ProtocolError(f"run id {header.run_id!r} is not this run's")
+        if header.type == MsgType.ERROR:
+            reason = header.meta.get("reason", "?") if isinstance(header.meta, dict) else "?"
+            self._fail(f"the learner failed: {reason}")
+            return
+        self._learner[1](header, tree)
+
+    async def send_learner(self, header: Header, tree: Any = None) -> bool:
+        """On the loop: send a message to the learner process."""
+        header.run_id = self.run_id
+        return await self._try_send(self.learner_sock, LEARNER.encode(), header, tree)
+
+    def publish(self, names: list[str], params: Any, version: int, acting: dict) -> None:
+        """On the loop (asynchronous runs): the learner's newest parameters. Parallel-mode
+        workers get them with their next request; the inference server before its next
+        forward pass."""
+        self._params_for_workers = (names, params, version)
+        self._acting = acting or {}
+        if self.inference is not None:
+            state = {n: p for n, p in zip(names, params)}
+            self.inference.load_params(state, version, acting)
+
+    def request_args(self, worker: WorkerRecord) -> tuple:
+        """(acting, names, params, version) for an asynchronous request to ``worker``: the
+        parameters only when it has not got this version yet (parallel mode)."""
+        if self._params_for_workers is None:
+            return self._acting, None, None, 0
+        names, params, version = self._params_for_workers
+        if self.mode != "parallel" or worker.policy_version == version:
+            return self._acting, None, None, version
+        worker.policy_version = version
+        return self._acting, names, params, version
 
     # ------------------------------------------------------------------ batches
+    async def send_request(
+        self, worker: WorkerRecord, number: int, version: int, acting: dict, names, params
+    ) -> bool:
+        """Ask ``worker`` for batch ``number`` (the PARAMS message, with parameters when
+        ``params`` is given)."""
+        worker.requests += 1
+        meta = {"sample": number, "acting": acting or {}}
+        if params is not None:
+            meta["names"] = names
+        ok = await self._try_send(
+            self._sock(worker),
+            worker.peer,
+            Header(MsgType.PARAMS, run_id=self.run_id, policy_version=version, meta=meta),
+            params,
+        )
+        if not ok:
+            self.declare_dead(worker, "unreachable")
+        return ok
+
     async def wait_for_workers(self, count: int, timeout: float) -> int:
+        import asyncio
+
         async with self._registered:
             try:
                 await asyncio.wait_for(
@@ -829,23 +802,7 @@ class Coordinator:
         return len(self.alive_workers())
 
     def alive_workers(self) -> list[WorkerRecord]:
-        return [w for w in self.workers.values() if w.alive]
-
-    async def _send_request(self, worker: WorkerRecord) -> None:
-        itr, names, params, version, acting = self._itr_request
-        worker.requests += 1
-        sock = self.local_sock if worker.socket_name == "local" else self.remote_sock
-        meta = {"sample": itr, "acting": acting}
-        if params is not None:
-            meta["names"] = names
-        ok = await self._try_send(
-            sock,
-            worker.peer,
-            Header(MsgType.PARAMS, run_id=self.run_id, policy_version=version, meta=meta),
-            params,
-        )
-        if not ok:
-            self._declare_dead(worker, "unreachable")
+        return self.registry.alive()
 
     async def sample(
         self,
@@ -858,8 +815,8 @@ class Coordinator:
         timeout: float,
         acting: dict | None = None,
     ) -> int:
-        """Ask every registered worker for one batch; ``deliver`` is called (on this loop) for
-        each batch as it arrives. Returns the number of batches delivered.
+        """Synchronous runs: ask every registered worker for one batch; ``deliver`` is called
+        (on this loop) for each batch as it arrives. Returns the number of batches delivered.
 
         Local workers are waited for (a dead one is replaced and asked again). A remote worker
         costs the round a bounded wait: once the local workers are done (or, with none, once
@@ -869,198 +826,36 @@ class Coordinator:
         delivered is asked again of whoever is registered. ``RuntimeError_`` (one line) when
         fewer than ``min_workers`` are registered for ``timeout`` seconds, or local workers
         delivered nothing for that long."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if len(self.alive_workers()) < min_workers:
-                left = max(deadline - time.monotonic(), 0.0)
-                n = await self.wait_for_workers(min_workers, left)
-                if n < min_workers:
-                    raise RuntimeError_(
-                        f"only {n} of {min_workers} workers registered within {timeout:.0f} s"
-                    )
-            delivered = await self._round(itr, names, params, policy_version, deliver, acting)
-            if self.failure is not None:  # a local slot was given up: the run ends
-                raise self.failure
-            if delivered:
-                return delivered
-            if time.monotonic() > deadline:
-                raise RuntimeError_(
-                    f"no batch within {timeout:.0f} s (workers {len(self.alive_workers())})"
-                )
-
-    async def _round(self, itr, names, params, policy_version, deliver, acting) -> int:
-        self._itr = itr
-        self._itr_request = (itr, names, params, policy_version, acting or {})
-        self._deliver = deliver
-        self._delivered = 0
-        self._itr_done = asyncio.Event()
-        workers = self.alive_workers()
-        self._itr_expected = {w.peer for w in workers}
-        self._itr_slots_pending = {w.slot for w in workers if w.local}
-        # Local slots whose worker is restarting right now are owed too.
-        self._itr_slots_pending |= {
-            s
-            for s in range(self.local_workers)
-            if s in self.processes and s not in {w.slot for w in workers if w.local}
-        }
-        for w in workers:
-            await self._send_request(w)
-        started = time.monotonic()
-        local_done_at: float | None = None
-        while not self._itr_done.is_set():
-            self._check_itr_done()
-            try:
-                await asyncio.wait_for(self._itr_done.wait(), 0.2)
-            except asyncio.TimeoutError:
-                pass
-            if self._itr_done.is_set():
-                break
-            now = time.monotonic()
-            locals_pending = bool(self._itr_slots_pending) or any(
-                self.workers[p].local for p in self._itr_expected if p in self.workers
-            )
-            if locals_pending:
-                continue
-            if local_done_at is None:
-                if self.local_workers or self._delivered or now - started > self._remote_wait_s:
-                    local_done_at = now
-                else:
-                    continue
-            grace = max(self.limits.grace_s, 2.0 * (local_done_at - started))
-            if now - local_done_at > grace:
-                self._miss_remote(grace)
-        self._itr = None
-        if self._delivered:
-            self._last_round_s = time.monotonic() - started
-        return self._delivered
+        return await self.rounds.sample(
+            itr, names, params, policy_version, deliver, min_workers, timeout, acting
+        )
 
     @property
-    def _remote_wait_s(self) -> float:
-        """With no local workers and no batch yet: how long remote workers get at most (four
-        grace periods, or twice the last round that delivered)."""
-        return max(4.0 * self.limits.grace_s, 2.0 * self._last_round_s)
-
-    def _miss_remote(self, waited: float) -> None:
-        """Leave the remote workers still owing this round's batch out of it."""
-        for peer in list(self._itr_expected):
-            worker = self.workers.get(peer)
-            self._itr_expected.discard(peer)
-            if worker is None or worker.local:
-                continue
-            worker.misses += 1
-            self.missed_batches += 1
-            self._log_drop(
-                peer,
-                "late",
-                "remote worker %r is %.1f s late; its columns are left out of this batch "
-                "(%d of %d misses before it is dropped)",
-                peer,
-                waited,
-                worker.misses,
-                self.limits.misses,
-            )
-            if worker.misses >= self.limits.misses:
-                self._declare_dead(worker, f"missed {worker.misses} batches in a row")
-        self._check_itr_done()
-
-    def _check_itr_done(self) -> None:
-        if self._itr_done is not None and not self._itr_expected and not self._itr_slots_pending:
-            self._itr_done.set()
-
-    def _on_samples(self, worker: WorkerRecord, header: Header, tree: Any) -> None:
-        if header.seq != self._itr or worker.peer not in self._itr_expected:
-            self.dropped_messages += 1
-            log.info("dropped a stale batch %d from %r", header.seq, worker.peer)
-            return
-        if tree is None:
-            raise ProtocolError("SAMPLES without arrays")
-        final = self._finals.pop(worker.peer, [])
-        meta = header.meta if isinstance(header.meta, dict) else {}
-        try:
-            self._deliver(Delivery(worker, tree, meta, final))
-        except Exception as e:  # noqa: BLE001 - a batch that does not fit: drop it, not the run
-            self.dropped_messages += 1
-            log.warning(
-                "dropped a malformed batch from %r: %s: %s", worker.peer, type(e).__name__, e
-            )
-            # Its batch is lost; a local worker is replaced (and asked again), a remote one
-            # is forgotten (told so if it speaks again) and the batch goes on without it.
-            self._declare_dead(worker, "sent a malformed batch")
-            return
-        self._delivered += 1
-        worker.delivered += 1
-        worker.misses = 0
-        self._itr_expected.discard(worker.peer)
-        self._itr_slots_pending.discard(worker.slot)
-        self._check_itr_done()
+    def _itr(self) -> int | None:  # the synchronous round in progress (tests read it)
+        return self.rounds.itr
 
     # ------------------------------------------------------------------ central inference
     def serve(self, agent) -> None:
-        """Central modes: answer ACT_REQUESTs with ``agent`` (the learner's own object)."""
+        """Central modes: answer ACT_REQUESTs with ``agent`` (in synchronous runs the
+        learner's own object; in asynchronous runs a copy the learner's parameters reach)."""
         self._agent = agent
-
-    async def _inference(self) -> None:
-        """Greedy batching: take every request waiting, act on all of them in one call."""
-        while True:
-            first = await self._act_queue.get()
-            batch = [first]
-            while not self._act_queue.empty():
-                batch.append(self._act_queue.get_nowait())
-            for what in ("act", "value"):
-                group = [r for r in batch if r[2].meta.get("what", "act") == what]
-                if group:
-                    try:
-                        await self._answer(group, what)
-                    except Exception as e:  # noqa: BLE001 - one bad request must not stop inference
-                        self.dropped_messages += len(group)
-                        log.warning(
-                            "inference failed for %d requests: %s: %s",
-                            len(group),
-                            type(e).__name__,
-                            e,
-                        )
-
-    async def _answer(self, group: list, what: str) -> None:
-        agent = self._agent
-        if agent is None:
-            raise RuntimeError_("ACT_REQUEST but no central agent is served")
-        obs = [r[3].observation for r in group]
-        ids = [np.asarray(r[3].env_ids) for r in group]
-        sizes = [len(i) for i in ids]
-        all_obs = tree_map(lambda *xs: np.concatenate(xs), *obs) if len(obs) > 1 else obs[0]
-        all_ids = np.concatenate(ids)
-        if what == "value":
-            values = agent.value(all_obs).astype(np.float32)
-            parts = np.split(values, np.cumsum(sizes)[:-1])
-            infos = [None] * len(group)
-        else:
-            resets = [getattr(r[3], "reset", None) for r in group]
-            on_episode_end = getattr(agent, "on_episode_end", None)
-            if on_episode_end is not None and any(x is not None for x in resets):
-                mask = np.concatenate(
-                    [
-                        np.zeros(n, bool) if x is None else np.asarray(x, bool)
-                        for x, n in zip(resets, sizes)
-                    ]
-                )
-                if len(mask) != len(all_ids):
-                    raise ProtocolError("ACT_REQUEST: reset mask and env ids differ in length")
-                on_episode_end(mask, all_ids)  # per-env exploration state (DDPG's OU noise)
-            action, info = agent.step(all_obs, all_ids)
-            parts = np.split(action, np.cumsum(sizes)[:-1])
-            if info is None:
-                infos = [None] * len(group)
-            else:
-                bounds = np.cumsum([0, *sizes])
-                infos = [info[bounds[i] : bounds[i + 1]] for i in range(len(group))]
-        for (sock, worker, header, _), a, inf in zip(group, parts, infos):
-            reply = Header(
-                MsgType.ACT_REPLY,
-                run_id=self.run_id,
-                seq=header.seq,
-                policy_version=getattr(agent, "policy_version", 0),
+        if self.inference is None:
+            self.inference = InferenceServer(
+                agent, self.host.call_soon, self._send_answers, self._inference_failed
             )
-            await self._try_send(sock, worker.peer, reply, ActReply(np.ascontiguousarray(a), inf))
+        else:
+            self.inference.agent = agent
+
+    def _send_answers(self, answers: list) -> None:
+        for (sock, worker, header), reply, version in answers:
+            out = Header(
+                MsgType.ACT_REPLY, run_id=self.run_id, seq=header.seq, policy_version=version
+            )
+            self.host.spawn(self._try_send(sock, worker.peer, out, reply))
+
+    def _inference_failed(self, n: int, error: BaseException) -> None:
+        self.dropped_messages += n
+        log.warning("inference failed for %d requests: %s: %s", n, type(error).__name__, error)
 
     # ------------------------------------------------------------------ status
     def status(self) -> str:

@@ -54,7 +54,9 @@ class SampleBatch:
     final_observations: list[tuple[int, int, Any]] = field(default_factory=list)  # (t, b, obs)
     episodes: EpisodeStats = field(default_factory=lambda: EpisodeStats([], []))
     env_steps: int = 0  # T * B
-    policy_lag: float = 0.0  # policy versions behind the learner (0 in synchronous modes)
+    # Per column [B] (int64): the learner's policy version minus the version that acted for
+    # that column's steps, set by the asynchronous runtime; None in synchronous modes (lag 0).
+    policy_lag: np.ndarray | None = None
 
 
 class Sampler(ABC):

@@ -73,7 +73,7 @@ class RuntimeSampler(Sampler):
 
     # ------------------------------------------------------------------ setup
     def initialize(self, agent) -> None:
-        from asyncrl.algos import ALGOS
+        from asyncrl.configs.registry import ALGO_CONFIGS
         from asyncrl.runtime.coordinator import Coordinator, RemoteLimits
         from asyncrl.runtime.supervision import RestartPolicy
 
@@ -87,7 +87,7 @@ class RuntimeSampler(Sampler):
         self.bootstrap = np.zeros(self._capacity, np.float32)
         config_dict = worker_config(self.cfg)
         config_dict["seed"] = self.seed  # a resumed run samples on fresh env seeds
-        offpolicy = ALGOS[self.cfg.algo].kind == "offpolicy"
+        offpolicy = ALGO_CONFIGS[self.cfg.algo].kind == "offpolicy"
         self.coordinator = Coordinator(
             config_dict,
             mode=self.mode,

@@ -67,19 +67,35 @@ def test_central_inference_batches_waiting_requests_and_answers_each_worker(make
     header, tree = recv_reply(socks[0])
     assert header.type == MsgType.ACT_REPLY and header.seq == 1 and tree.action.tolist() == [0, 10]
 
-    # Three requests that are waiting together (queued in one step of the loop, as the socket
-    # reader does for messages that arrived while a forward pass ran) are answered by one call.
+    # Three requests that are waiting together (they arrived while a forward pass ran: the
+    # agent is held in its second call meanwhile) are answered by one call, off the loop.
+    import threading
+
+    gate = threading.Event()
+    held = threading.Event()
+    step = agent.step
+
+    def held_step(obs, env_ids):
+        if len(agent.calls) == 1:
+            held.set()
+            gate.wait(10)
+        return step(obs, env_ids)
+
+    agent.step = held_step
+
     def request(w, seq, ids):
         obs = np.tile(np.asarray(ids, np.float32)[:, None], (1, 4))
         header = Header(MsgType.ACT_REQUEST, run_id=run_id, seq=seq, meta={"what": "act"})
         worker = coord.workers[f"fake-{w}".encode()]
-        return coord.local_sock, worker, header, ActRequest(obs, np.asarray(ids, np.int64))
+        return (coord.local_sock, worker, header), ActRequest(obs, np.asarray(ids, np.int64))
 
-    async def queue_together():
-        for w, seq, ids in ((0, 2, [0, 1]), (1, 1, [2, 3]), (1, 2, [2, 3])):
-            coord._act_queue.put_nowait(request(w, seq, ids))
-
-    coord.call(queue_together(), timeout=10)
+    ask(socks[0], 5, [0, 1])  # the call the others wait behind
+    assert held.wait(10)
+    for w, seq, ids in ((0, 2, [0, 1]), (1, 1, [2, 3]), (1, 2, [2, 3])):
+        coord.inference.submit(*request(w, seq, ids), "act")
+    gate.set()
+    header, _ = recv_reply(socks[0])
+    assert header.seq == 5
     answers = {0: [], 1: []}
     for w, sock in enumerate(socks):
         for _ in range(1 if w == 0 else 2):
@@ -88,7 +104,7 @@ def test_central_inference_batches_waiting_requests_and_answers_each_worker(make
             answers[w].append((header.seq, tree.action.tolist(), tree.agent_info.value.tolist()))
     assert sorted(answers[0]) == [(2, [0, 10], [0.0, 4.0])]
     assert sorted(answers[1]) == [(1, [20, 30], [8.0, 12.0]), (2, [20, 30], [8.0, 12.0])]
-    assert agent.calls == [[0, 1], [0, 1, 2, 2, 3, 3]]  # greedy batching
+    assert agent.calls == [[0, 1], [0, 1], [0, 1, 2, 2, 3, 3]]  # greedy batching
     assert coord.dropped_messages == 0
 
 

@@ -1,9 +1,11 @@
-"""The runtime's subcommands of ``asyncrl``: coordinator, worker, keygen.
+"""The multi-machine subcommands of ``asyncrl``: coordinator, worker, keygen (cli layer).
 
 ``asyncrl coordinator ALGO ENV_ID --bind tcp://0.0.0.0:5555 [--keys DIR] [--workers N]`` runs a
 training job that remote workers join; ``asyncrl worker --connect tcp://HOST:5555 [--envs M]
 [--keys DIR]`` attaches one; ``asyncrl keygen DIR`` makes the CURVE keys. Owns argument wiring
-only: the job is asyncrl.train, the worker program is ``python -m workers.sampler``.
+only: the job is ``asyncrl.runners.train.train``, the worker program is ``python -m
+workers.sampler``, the keys come from ``asyncrl.runtime.auth``. ``asyncrl/cli.py`` adds these
+subcommands to its parser; like it, this module sits above every other layer.
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ def add_subcommands(sub) -> None:
 
 
 def cmd_coordinator(args) -> int:
-    import asyncrl
     from asyncrl.configs.config import resolve_config
+    from asyncrl.runners.train import train
 
     if not args.bind.startswith(("tcp://", "ipc://")):
         raise ConfigError(f"--bind {args.bind!r}: expected tcp://ADDR:PORT")
@@ -111,7 +113,7 @@ def cmd_coordinator(args) -> int:
         + (f" --keys {args.keys}`" if args.keys else "`"),
         file=sys.stderr,
     )
-    result = asyncrl.train(cfg)
+    result = train(cfg)
     print(
         f"done: {result.env_steps} env steps, return_mean {result.return_mean:.2f}, "
         f"eval_return_mean {result.eval_return_mean:.2f}, run dir {result.run_dir}"
