@@ -115,6 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--envs-per-worker", type=_positive_int, help="envs in each worker")
     t.add_argument(
+        "--async",
+        dest="asynchronous",
+        action="store_true",
+        default=None,
+        help="fully asynchronous: the learner in its own process, workers never wait for it "
+        "(sampler.asynchronous; parallel/central/alternating)",
+    )
+    t.add_argument(
         "--import",
         dest="imports",
         action="append",
@@ -197,6 +205,7 @@ def cmd_train(args) -> int:
             "run_dir": args.run_dir,
             "sampler.mode": args.mode,
             "sampler.workers": args.workers,
+            "sampler.asynchronous": args.asynchronous,
         }
         for mod in args.imports:
             try:

@@ -39,6 +39,11 @@ class ConfigError(ValueError):
 @dataclass
 class SamplerConfig:
     mode: str = "serial"  # serial | parallel | central | alternating
+    # Fully asynchronous sampling and optimization (`asyncrl train --async`): the learner runs
+    # in its own process and workers never wait for it, except when async_batches batches are
+    # in flight (back-pressure). Runtime modes only; serial stays synchronous.
+    asynchronous: bool = False
+    async_batches: int = 2  # learner slots: batches collected ahead of the learner, at most
     num_envs: int = 8  # envs in total (B)
     horizon: int = 128  # steps per env per batch (T)
     workers: int = 1  # local worker processes (parallel, central, alternating)
@@ -450,6 +455,13 @@ def validate(cfg: TrainConfig) -> None:
     s = cfg.sampler
     if s.mode not in MODES:
         raise ConfigError(f"sampler.mode {s.mode!r} is not one of {', '.join(MODES)}")
+    if s.asynchronous and s.mode == "serial":
+        raise ConfigError(
+            "sampler.asynchronous needs a runtime mode (parallel, central or alternating); "
+            "serial sampling is synchronous"
+        )
+    if not 1 <= s.async_batches <= 64:
+        raise ConfigError(f"sampler.async_batches must be in 1..64, got {s.async_batches}")
     for key, v in (
         ("steps", cfg.steps),
         ("sampler.num_envs", s.num_envs),

@@ -92,6 +92,9 @@ class MsgType(enum.IntEnum):
     REPLAY_PRIORITIES = 19  # learner -> replay service: indices and new |TD errors|
     REPLAY_STATE = 20  # learner -> replay service: send (or, with arrays, load) the contents
     REPLAY_OK = 21  # replay service -> learner: done (meta: size, steps written)
+    LEARN = 22  # coordinator -> learner: learner slot ``meta.slot`` holds a batch; finals as frames
+    LEARNED = 23  # learner -> coordinator: done with a slot (or, no slot: ready); params as frames
+    LEARNER_STATE = 24  # coordinator <-> learner: write the state to meta.path / it is written
 
 
 class ProtocolError(ValueError):

@@ -13,7 +13,12 @@ from asyncrl.samplers.serial import SerialSampler
 
 
 def make_runtime_sampler(cfg, seed: int = 0):
-    """The parallel / central / alternating sampler (worker processes + coordinator)."""
+    """The parallel / central / alternating sampler (worker processes + coordinator); the
+    asynchronous one (a learner process too) when ``sampler.asynchronous`` is set."""
+    if cfg.sampler.asynchronous:
+        from asyncrl.samplers.async_runtime import AsyncRuntimeSampler
+
+        return AsyncRuntimeSampler(cfg, seed=seed)
     from asyncrl.samplers.runtime import RuntimeSampler
 
     return RuntimeSampler(cfg, seed=seed)

@@ -109,6 +109,40 @@ def test_python_api_validates_before_creating_the_run_dir(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_train_takes_a_sampler_or_a_sampler_factory(tmp_path):
+    """The seam: ``train(cfg, sampler=...)`` with a factory (called with the env steps done as
+    the seed offset, on resume too) or a sampler instance (used as it is, closed by the run)."""
+    from asyncrl.runners.train import make_sampler
+    from asyncrl.samplers.serial import SerialSampler
+
+    def quick(name):  # one batch of 256 env steps, no evaluation
+        sets = ["steps=256", "log.eval_every=-1", "log.progress=false", "log.tensorboard=false"]
+        return resolve_config("ppo", "CartPole-v1", sets=[f"run_dir={tmp_path / name}", *sets])
+
+    offsets = []
+
+    def factory(cfg, seed_offset=0):
+        offsets.append(seed_offset)
+        return make_sampler(cfg, seed_offset)
+
+    assert train(quick("factory"), sampler=factory).env_steps == 256
+    assert train(resume=tmp_path / "factory", steps=512, sampler=factory).env_steps == 512
+    assert offsets == [0, 256]
+
+    closed = []
+
+    class Recording(SerialSampler):
+        def close(self):
+            closed.append(True)
+            super().close()
+
+    cfg = quick("instance")
+    sampler = Recording(cfg.env, cfg.sampler.num_envs, cfg.sampler.horizon, seed=cfg.seed)
+    result = train(cfg, sampler=sampler)
+    assert result.env_steps == 256 and closed == [True]
+    assert latest(tmp_path / "instance")["env_steps"] == 256
+
+
 # -- resume -----------------------------------------------------------------------------------------
 
 
