@@ -58,6 +58,20 @@ def test_ppo_cartpole_reaches_475_within_100k(tmp_path):
     _check_run_dir(tmp_path, rows, 100_000)
 
 
+def test_appo_cartpole_reaches_475_within_40k(tmp_path):
+    # synchronous APPO (appo_classic preset): V-trace targets, recomputed before every epoch
+    sets = ["seed=1", "steps=40000", "log.eval_every=10000", 'sampler.mode="serial"']
+    result, rows = _train("appo", "CartPole-v1", tmp_path, sets)
+    evals = _evals(rows)
+    assert result.env_steps <= 40_192  # 40k rounded up to whole batches of 8 x 32
+    assert len(evals) >= 4
+    assert max(e for _, e in evals) >= 475, evals
+    assert evals[-1][1] >= 475, evals  # and it stays there at the end of the run
+    # serial sampling: no policy lag, nothing dropped
+    assert all(float(r["policy_lag_max"]) == float(r["lag_dropped_samples"]) == 0 for r in rows)
+    _check_run_dir(tmp_path, rows, 40_000)
+
+
 def test_a2c_cartpole_reaches_400_within_300k(tmp_path):
     result, rows = _train("a2c", "CartPole-v1", tmp_path, ["seed=0", "log.eval_every=50000"])
     evals = _evals(rows)

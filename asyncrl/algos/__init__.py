@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncrl.algos.a2c import A2C, A2CConfig
+from asyncrl.algos.appo import APPO, APPOConfig
 from asyncrl.algos.c51 import C51, C51Config, RainbowConfig
 from asyncrl.algos.ddpg import DDPG, DDPGConfig
 from asyncrl.algos.dqn import DQN, DQNConfig, make_dqn_agent
@@ -54,6 +55,9 @@ register_algo(
     AlgoEntry("ppo", PPOConfig, "onpolicy", _pg_agent, PPO, "Proximal Policy Optimization")
 )
 register_algo(
+    AlgoEntry("appo", APPOConfig, "onpolicy", _pg_agent, APPO, "Asynchronous PPO (V-trace targets)")
+)
+register_algo(
     AlgoEntry(
         "dqn",
         DQNConfig,
@@ -88,6 +92,8 @@ register_algo(AlgoEntry("a2c", A2CConfig, "onpolicy", _pg_agent, A2C, "Advantage
 __all__ = [
     "A2C",
     "ALGOS",
+    "APPO",
+    "APPOConfig",
     "C51",
     "DQN",
     "PPO",

@@ -1,6 +1,7 @@
 """A sampler batch turned into the flat torch tensors a policy-gradient update needs
 (A2C, PPO): GAE advantages and returns, [T*B] views of observations and actions, the behaviour
-policy's log-probabilities and values. Owns no loss."""
+policy's log-probabilities and values; which columns are too stale for the loss (policy lag).
+Owns no loss."""
 
 from __future__ import annotations
 
@@ -61,6 +62,34 @@ def pg_batch(batch, gamma: float, lam: float, device: torch.device) -> PgBatch:
         returns=flat(ret),
         explained_variance=explained,
     )
+
+
+def lag_mask(policy_lag: np.ndarray | None, num_envs: int, max_policy_lag: int) -> np.ndarray:
+    """[B] bool, True for the columns fit for the loss: policy lag (learner version minus acting
+    version, ``SampleBatch.policy_lag``) at most ``max_policy_lag``. None (synchronous): all."""
+    if policy_lag is None:
+        return np.ones(num_envs, bool)
+    lag = np.asarray(policy_lag)
+    if lag.shape != (num_envs,) or not np.issubdtype(lag.dtype, np.integer):
+        raise ValueError(
+            f"policy_lag must be an integer array of shape ({num_envs},), got {lag.dtype} "
+            f"of shape {lag.shape}"
+        )
+    if (lag < 0).any():
+        raise ValueError(f"policy_lag must be >= 0 (learner minus acting version), got {lag.min()}")
+    return lag <= max_policy_lag
+
+
+def lag_stats(policy_lag: np.ndarray | None, keep: np.ndarray, horizon: int) -> dict[str, float]:
+    """The batch's policy lag over all its columns (0 when None) and ``lag_dropped_samples``, the
+    env steps of the columns ``keep`` leaves out."""
+    lag = np.zeros(1, np.int64) if policy_lag is None else np.asarray(policy_lag)
+    return {
+        "policy_lag_min": float(lag.min()),
+        "policy_lag_mean": float(lag.mean()),
+        "policy_lag_max": float(lag.max()),
+        "lag_dropped_samples": float(horizon * int((~keep).sum())),
+    }
 
 
 def annealed(value: float, progress: float, anneal: bool) -> float:

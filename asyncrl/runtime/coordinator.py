@@ -743,14 +743,16 @@ class Coordinator:
         header.run_id = self.run_id
         return await self._try_send(self.learner_sock, LEARNER.encode(), header, tree)
 
-    def publish(self, names: list[str], params: Any, version: int, acting: dict) -> None:
-        """On the loop (asynchronous runs): the learner's newest parameters. Parallel-mode
-        workers get them with their next request; the inference server before its next
+    def publish(
+        self, names: list[str], params: Any, version: int, acting: dict, state: Any = None
+    ) -> None:
+        """On the loop (asynchronous runs): the learner's newest parameters (arrays, as sent
+        to workers). Parallel-mode workers get them with their next request; the inference
+        server loads ``state`` (what its agent's ``load_state_tensors`` takes) before its next
         forward pass."""
         self._params_for_workers = (names, params, version)
         self._acting = acting or {}
-        if self.inference is not None:
-            state = {n: p for n, p in zip(names, params)}
+        if self.inference is not None and state is not None:
             self.inference.load_params(state, version, acting)
 
     def request_args(self, worker: WorkerRecord) -> tuple:

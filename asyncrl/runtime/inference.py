@@ -99,7 +99,10 @@ class InferenceServer:
                 self.agent.load_acting_state(acting)
 
     def _serve(self, batch: list) -> None:
-        self._apply_params()
+        try:
+            self._apply_params()
+        except Exception as e:  # noqa: BLE001 - the thread must live on; the run sees the error
+            self._call_soon(self._failed, 0, e)
         for what in ("act", "value"):
             group = [r for r in batch if r[2] == what]
             if not group:

@@ -206,7 +206,10 @@ class AsyncRuntimeSampler(RuntimeSampler):
         version = int(header.policy_version)
         self._latest = (names, params, version)
         Params = namedarraytuple("Params", [f"p{i}" for i in range(len(params))])
-        self.coordinator.publish(names, Params(*params), version, meta.get("acting") or {})
+        state = None
+        if self.mode != "parallel":  # the inference server's agent takes torch tensors
+            state = {n: torch.from_numpy(p) for n, p in zip(names, params)}
+        self.coordinator.publish(names, Params(*params), version, meta.get("acting") or {}, state)
         k = meta.get("slot")
         if k is None:  # the first: the learner is ready
             self._ready.set()
