@@ -1,7 +1,7 @@
 """Categorical DQN, C51 (Bellemare et al. 2017, "A Distributional Perspective on RL", alg. 1),
 and the Rainbow combination (Hessel et al. 2018): C51 + double + dueling + prioritized replay
-(priority = cross-entropy loss) + 3-step returns + noisy nets. Shares DQN's replay, replay ratio
-and target network; owns the distributional loss and the projection."""
+(priority = cross-entropy loss) + 3-step returns + noisy nets. Shares DQN's update and target
+network (and through it the replay base); owns the distributional loss and the projection."""
 
 from __future__ import annotations
 

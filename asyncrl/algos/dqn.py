@@ -1,28 +1,23 @@
 """Deep Q-learning (Mnih et al. 2015) with the usual options: double Q-learning (van Hasselt et
 al. 2016), dueling heads (Wang et al. 2016), prioritized replay (Schaul et al. 2016), n-step
-returns. The replay buffer is fed the sampler's batches and computes n-step targets; this file
-owns the loss, the target network and the replay ratio. C51 and Rainbow extend it in c51.py.
+returns. The replay (its ratio, priorities, minibatches, checkpoints) is the shared base's
+(offpolicy.py); this file owns the TD target, the loss, the target network and the epsilon
+schedule. C51 and Rainbow extend it in c51.py.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
 from asyncrl.agents.dqn import DqnAgent, linear_schedule
+from asyncrl.algos.offpolicy import ReplayLearner
 from asyncrl.algos.optim import clip_grad_norm, frozen_copy, make_adam
-from asyncrl.data import to_torch, tree_leaves
 from asyncrl.models.noisy import reset_noise
-from asyncrl.models.policies import is_image_space
 from asyncrl.models.q import QModelConfig
-
-# Largest block of replay minibatches drawn in one call (see DQN._minibatches).
-_BLOCK_BYTES = 8 << 20
 
 
 @dataclass
@@ -78,70 +73,43 @@ def make_dqn_agent(obs_space, action_space, model_config, device, cfg: DQNConfig
     )
 
 
-class DQN:
+class DQN(ReplayLearner):
     stat_names = ("loss", "q_mean")  # what optimize() reports besides epsilon (and per_beta)
 
     def __init__(self, agent: DqnAgent, config: DQNConfig, seed: int = 0):
-        self.agent, self.config = agent, config
+        super().__init__(agent, config, seed)
         self.target = frozen_copy(agent.model)
         self.params = list(agent.model.parameters())
         # Fused Adam: the same update, a third of the time on CPU at CartPole sizes.
         self.optimizer = make_adam(self.params, config.learning_rate, config.adam_eps)
-        self.replay = None
-        self._pending_replay_state = None
-        self._block_numpy = None  # preallocated replay minibatches, filled in place
-        self._block_torch = None  # torch views of it, made once
-        self._transition_bytes = 0
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
-        self.env_steps = 0
-        self.updates = 0
-        self._update_credit = 0.0
         self._last_target_step = 0
-        self._learning_resumes_at = 0  # after a resume without the replay: refill it first
         agent.epsilon = 0.0 if config.noisy else config.eps_start
 
-    # -- replay --------------------------------------------------------------------------
-    def _make_replay(self, batch):
-        from asyncrl.replay import (
-            FrameReplay,
-            PrioritizedFrameReplay,
-            PrioritizedReplay,
-            UniformReplay,
-        )
-
+    # -- exploration and the target network ----------------------------------------------
+    def schedule(self, progress: float) -> dict[str, float]:
         cfg = self.config
-        n_envs = batch.samples.env.reward.shape[1]
-        example = batch.samples[0, 0]
-        frames = cfg.frame_replay and is_image_space(self.agent.obs_space)
-        if cfg.replay_service:
-            from asyncrl.replay.service import ReplayService
-
-            kind = ("prioritized_" if cfg.prioritized else "") + ("frame" if frames else "")
-            kind = {"prioritized_": "prioritized", "": "uniform"}.get(kind, kind)
-            kwargs = {"discount": cfg.gamma, "n_step": cfg.n_step}
-            if cfg.prioritized:
-                kwargs.update(alpha=cfg.per_alpha, beta=cfg.per_beta)
-            replay = ReplayService(kind, example, cfg.buffer_size, n_envs, seed=self.seed, **kwargs)
-        elif cfg.prioritized:
-            cls = PrioritizedFrameReplay if frames else PrioritizedReplay
-            replay = cls(
-                example,
-                cfg.buffer_size,
-                n_envs,
-                cfg.gamma,
-                cfg.n_step,
-                alpha=cfg.per_alpha,
-                beta=cfg.per_beta,
-                seed=self.seed,
+        if not cfg.noisy:
+            self.agent.epsilon = linear_schedule(
+                cfg.eps_start, cfg.eps_final, 1, progress / max(cfg.eps_fraction, 1e-8)
             )
-        else:
-            cls = FrameReplay if frames else UniformReplay
-            replay = cls(example, cfg.buffer_size, n_envs, cfg.gamma, cfg.n_step, seed=self.seed)
-        if self._pending_replay_state is not None:
-            replay.load_state_dict(self._pending_replay_state)
-            self._pending_replay_state = None
-        return replay
+        return {"epsilon": self.agent.epsilon}
+
+    def before_updates(self) -> None:
+        # Every target_update_interval env steps, checked before each phase of updates, and
+        # when learning starts.
+        interval = self.config.target_update_interval
+        if self.env_steps - self._last_target_step >= interval or self.updates == 0:
+            self._update_target()
+            self._last_target_step = self.env_steps
+
+    def _update_target(self) -> None:
+        tau = self.config.tau
+        with torch.no_grad():
+            if tau >= 1.0:
+                self.target.load_state_dict(self.agent.model.state_dict())
+            else:
+                for t, s in zip(self.target.parameters(), self.agent.model.parameters()):
+                    t.lerp_(s, tau)
 
     # -- the update --------------------------------------------------------------------------
     @torch.no_grad()
@@ -180,167 +148,56 @@ class DQN:
         priorities = (q_taken - target).abs() if cfg.prioritized else None
         return loss, priorities, {"q_mean": q_taken}
 
-    def _update_target(self) -> None:
-        tau = self.config.tau
-        with torch.no_grad():
-            if tau >= 1.0:
-                self.target.load_state_dict(self.agent.model.state_dict())
-            else:
-                for t, s in zip(self.target.parameters(), self.agent.model.parameters()):
-                    t.lerp_(s, tau)
-
-    def _minibatches(self, n_updates: int) -> Iterator[tuple]:
-        """Yield ``n_updates`` (replay minibatch, its TD target or None), one per update.
-
-        Uniform replay does not change during a training phase (the sampler's steps are appended
-        before it), and neither does the target network (it is updated between phases). So the
-        phase's minibatches are drawn in one ``sample`` call per block of up to
-        ``_BLOCK_BYTES``, the target network runs once over the whole block, and each update
-        gets its slice: the same i.i.d. uniform draws and the same targets, without a replay
-        call, a batch conversion and a target-network pass per update. The TD target is
-        precomputed too unless it needs the online network (``double``: it changes every
-        update; then None is yielded and :meth:`loss` computes it). Prioritized replay changes
-        after every update (new priorities) and noisy nets draw new target noise per update, so
-        those are sampled and evaluated once per update (as is a replay service, which samples
-        remotely). On CPU the numpy block is allocated once and its torch views made once (zero
-        copy); a block is overwritten only after all its minibatches were used.
-        """
+    def update(self, sample, target: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One gradient step on a replay minibatch; ``target`` as in :meth:`loss`."""
         cfg = self.config
-        size = cfg.batch_size
-        if cfg.prioritized or cfg.noisy or cfg.replay_service:
-            per_block = 1
-        else:
-            if self._transition_bytes == 0:
-                batch = self.replay.batch_buffer(1)
-                self._transition_bytes = sum(x.nbytes for x in tree_leaves(batch))
-            per_block = max(1, min(n_updates, _BLOCK_BYTES // (size * self._transition_bytes)))
-        done = 0
-        while done < n_updates:
-            k = min(per_block, n_updates - done)
-            block = self._sample_block(k * size)
-            if k == 1:
-                yield block, None
-            else:
-                with torch.no_grad():
-                    next_target = self.target(block.next_observation)
-                    targets = None if cfg.double else self.td_target(block, next_target)
-                for i in range(k):
-                    part = slice(i * size, (i + 1) * size)
-                    minibatch = block[part]
-                    if targets is not None:
-                        yield minibatch, targets[part]
-                    else:
-                        yield minibatch, self.td_target(minibatch, next_target[part])
-            done += k
-
-    def _sample_block(self, n: int):
-        """``n`` transitions from the replay as one torch batch on the agent's device."""
-        if self._block_numpy is None or len(self._block_numpy.indices) < n:
-            self._block_numpy = self.replay.batch_buffer(n)
-            self._block_torch = to_torch(self._block_numpy)
-        whole = len(self._block_numpy.indices) == n
-        out = self._block_numpy if whole else self._block_numpy[:n]
-        self.replay.sample(n, self.rng, out=out)
-        if self.agent.device.type != "cpu":
-            return to_torch(out, self.agent.device)
-        return self._block_torch if whole else self._block_torch[:n]
+        if cfg.noisy:  # fresh noise per update (minibatches come one at a time: no target yet)
+            reset_noise(self.agent.model)
+            reset_noise(self.target)
+        per_sample, priorities, stats = self.loss(sample, target)
+        loss = self.weighted_mean(per_sample, sample)
+        for p in self.params:  # zero_grad(set_to_none=True), without its per-call overhead
+            p.grad = None
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            self._clip_gradients()
+        self.optimizer.step()
+        self.update_priorities(sample, priorities)
+        return {"loss": loss.detach(), **stats}  # q_mean per sample: the phase's mean over all
 
     def _clip_gradients(self) -> None:
         clip_grad_norm(self.params, self.config.max_grad_norm)
 
-    def optimize(self, batch, progress: float) -> dict[str, float]:
-        cfg, agent = self.config, self.agent
-        if self.replay is None:
-            self.replay = self._make_replay(batch)
-        self.replay.append(batch.samples, batch.final_observations)
-        self.env_steps += batch.env_steps
-        if not cfg.noisy:
-            agent.epsilon = linear_schedule(
-                cfg.eps_start, cfg.eps_final, 1, progress / max(cfg.eps_fraction, 1e-8)
-            )
-        # The same keys in every call (NaN until there are updates): progress.csv takes its
-        # columns from the first row, which comes before learning starts.
-        stats: dict[str, float] = {"epsilon": agent.epsilon}
-        stats.update(dict.fromkeys(self.stat_names, math.nan))
-        if cfg.prioritized:
-            stats["per_beta"] = self.replay.beta
-        if self.env_steps < max(cfg.learning_starts, self._learning_resumes_at):
-            return stats
-        if cfg.prioritized:
-            stats["per_beta"] = self.replay.anneal_beta(progress)
-        self._update_credit += cfg.replay_ratio * batch.env_steps
-        n_updates = int(self._update_credit + 1e-9)  # 3 * (4 / 3) is 3.9999...: still 4
-        self._update_credit -= n_updates
-        if (
-            self.env_steps - self._last_target_step >= cfg.target_update_interval
-            or self.updates == 0
-        ):
-            self._update_target()
-            self._last_target_step = self.env_steps
-        # Losses and stats stay tensors until the phase ends: one conversion per phase, not a
-        # host sync per update (which would stall a GPU every step).
-        losses: list[torch.Tensor] = []
-        extras: dict[str, list[torch.Tensor]] = {}
-        agent.train_mode()
-        for sample, target in self._minibatches(n_updates):
-            if cfg.noisy:  # one minibatch per block: the target is computed after this
-                reset_noise(agent.model)
-                reset_noise(self.target)
-            per_sample, priorities, extra = self.loss(sample, target)
-            loss = (per_sample * sample.weights).mean() if cfg.prioritized else per_sample.mean()
-            for p in self.params:  # zero_grad(set_to_none=True), without its per-call overhead
-                p.grad = None
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                self._clip_gradients()
-            self.optimizer.step()
-            if cfg.prioritized:
-                self.replay.update_priorities(
-                    sample.indices.cpu().numpy(), priorities.cpu().numpy()
-                )
-            losses.append(loss.detach())
-            for k, v in extra.items():
-                extras.setdefault(k, []).append(v)
-            self.updates += 1
-        agent.eval_mode()
-        agent.policy_version += 1
-        if losses:
-            stats["loss"] = torch.stack(losses).mean().item()
-            for k, v in extras.items():
-                stats[k] = torch.cat(v).mean().item()  # over every sample of the phase
-        return stats
+    # -- one target-network pass per block of minibatches ----------------------------------
+    @property
+    def prefetch(self) -> bool:
+        # Noisy nets draw new target-network noise per update: no shared pass over a block.
+        return not self.config.noisy
 
-    def close(self) -> None:
-        """Stop a replay store process, if the replay runs as a service."""
-        if self.replay is not None and hasattr(self.replay, "close"):
-            self.replay.close()
+    def precompute(self, block, minibatches: list) -> Iterator[torch.Tensor]:
+        """Each minibatch's TD target, with the target network run once over the block. With
+        ``double`` the target needs the online network, which changes every update: it is
+        computed per minibatch, just before its update (this generator is read lazily)."""
+        with torch.no_grad():
+            next_target = self.target(block.next_observation)
+            targets = None if self.config.double else self.td_target(block, next_target)
+        size = self.config.batch_size
+        for i, minibatch in enumerate(minibatches):
+            part = slice(i * size, (i + 1) * size)
+            if targets is not None:
+                yield targets[part]
+            else:
+                yield self.td_target(minibatch, next_target[part])
 
-    def state_dict(self) -> dict:
-        s = {
+    # -- checkpoints ---------------------------------------------------------------------
+    def learner_state(self) -> dict:
+        return {
             "optimizer": self.optimizer.state_dict(),
             "target": self.target.state_dict(),
-            "updates": self.updates,
-            "env_steps": self.env_steps,
-            "update_credit": self._update_credit,
             "last_target_step": self._last_target_step,
-            "rng": self.rng.bit_generator.state,
-            "agent_rng": self.agent.rng.bit_generator.state,
-            "epsilon": self.agent.epsilon,
         }
-        if self.config.save_replay and self.replay is not None:
-            s["replay"] = self.replay.state_dict()
-        return s
 
-    def load_state_dict(self, s: dict) -> None:
+    def load_learner_state(self, s: dict) -> None:
         self.optimizer.load_state_dict(s["optimizer"])
         self.target.load_state_dict(s["target"])
-        self.updates, self.env_steps = s["updates"], s["env_steps"]
-        self._update_credit, self._last_target_step = s["update_credit"], s["last_target_step"]
-        self.rng.bit_generator.state = s["rng"]
-        self.agent.rng.bit_generator.state = s["agent_rng"]
-        self.agent.epsilon = s["epsilon"]
-        self._pending_replay_state = s.get("replay")
-        if self._pending_replay_state is None:
-            # Saved without its replay (save_replay = false): the buffer restarts empty, so wait
-            # for learning_starts new steps before updating, as at the start of a run.
-            self._learning_resumes_at = self.env_steps + self.config.learning_starts
+        self._last_target_step = s["last_target_step"]
