@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         learner = Learner(header.meta)
     except Exception as e:  # noqa: BLE001 - one line to the coordinator, then exit
         send(Header(MsgType.ERROR, meta={"reason": f"{type(e).__name__}: {e}"[:500]}))
-        log.exception("learner setup failed")
+        log.debug("learner setup failed", exc_info=True)  # the coordinator says it, once
         sock.close(1000)
         ctx.term()
         return 1
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
                     )
                 )
     except Exception as e:  # noqa: BLE001 - one line to the coordinator, then exit
-        log.exception("learner failed")
+        log.debug("learner failed", exc_info=True)  # the coordinator says it, once
         send(Header(MsgType.ERROR, meta={"reason": f"{type(e).__name__}: {e}"[:500]}))
         code = 1
     finally:
@@ -160,6 +160,7 @@ class Learner:
         self.total_steps = max(int(meta.get("total_steps", cfg.steps)), 1)
         self.names = list(self.agent.state_tensors().keys())
         self.updates_time = 0.0
+        self.lag_dropped_total = 0  # steps left out of the loss for their lag, whole run
 
     def learn(self, meta: dict, final_tree) -> dict:
         from asyncrl.data import tree_map
@@ -187,6 +188,9 @@ class Learner:
         )
         self.updates_time += time.perf_counter() - t0
         info = {k: float(v) for k, v in (info or {}).items()}
+        self.lag_dropped_total += int(info.get("lag_dropped_samples", 0))
+        if "lag_dropped_samples" in info:
+            info["lag_dropped_total"] = float(self.lag_dropped_total)
         info.setdefault("policy_lag_min", float(lag.min()))
         info.setdefault("policy_lag_mean", float(lag.mean()))
         info.setdefault("policy_lag_max", float(lag.max()))

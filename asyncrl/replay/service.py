@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -58,27 +57,12 @@ class ReplayService:
         self.timeout_ms = int(timeout_s * 1000)
         self._dir = tempfile.mkdtemp(prefix="asyncrl-replay-")
         endpoint = f"ipc://{self._dir}/replay.sock" if os.name == "posix" else "tcp://127.0.0.1:0"
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.setdefault("OMP_NUM_THREADS", "1")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "workers.replay",
-                "--bind",
-                endpoint,
-                "--parent-pid",
-                str(os.getpid()),
-            ],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            # Its own session, like the sampler workers: a terminal's Ctrl-C (SIGINT to the
-            # foreground process group) must not stop the store before the learner has saved
-            # its contents in the final checkpoint. close() stops it; it exits when we die.
-            **({"start_new_session": True} if os.name == "posix" else {}),
-        )
+        from asyncrl.runtime.launcher import popen
+
+        # Its own session, like the sampler workers (the launcher's rule): a terminal's Ctrl-C
+        # (SIGINT to the foreground process group) must not stop the store before the learner
+        # has saved its contents in the final checkpoint. close() stops it; it exits when we die.
+        self.process = popen("replay", ["--bind", endpoint, "--parent-pid", str(os.getpid())])
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.identity = f"learner-{uuid.uuid4().hex[:8]}".encode()

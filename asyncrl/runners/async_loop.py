@@ -43,7 +43,11 @@ def async_loop(run: Run, sampler) -> TrainResult:
     if run.resumed:
         sampler.resume_path = str(latest_checkpoint(run.run_dir))
     agent.eval_mode()
-    state: dict = {"updates": 0, "learn_s": 0.0, "waits": 0}
+    state: dict = {
+        "updates": run.resumed["algo"].get("updates", 0) if run.resumed else 0,
+        "learn_s": 0.0,
+        "waits": 0,
+    }
     cache: dict = {}
 
     def checkpoint_state() -> dict | None:
@@ -64,10 +68,25 @@ def async_loop(run: Run, sampler) -> TrainResult:
             "sampler": {},
         }
 
+    params = cfg.algo_params
+    holds_ratio = hasattr(params, "replay_ratio") and hasattr(params, "learning_starts")
+
+    def replay_ratio() -> float | None:
+        """Measured gradient updates per env step, from the first batch that brought updates
+        (in this process) on: the setting's unit; times batch_size for rlpyt's replay ratio
+        of samples per env step."""
+        if "ratio_from" not in state:
+            return None
+        steps_from, updates_from = state["ratio_from"]
+        learned = run.env_steps - steps_from
+        return round((state["updates"] - updates_from) / learned, 4) if learned > 0 else None
+
     def columns() -> dict:
         counters = sampler.counters() if hasattr(sampler, "counters") else {}
+        ratio = {"replay_ratio": replay_ratio()} if holds_ratio else {}
         return {
             "updates": state["updates"],
+            **ratio,
             "learner_busy": round(state["busy"], 3) if "busy" in state else None,
             "sampler_waits": state["waits"],
             **counters,
@@ -86,6 +105,8 @@ def async_loop(run: Run, sampler) -> TrainResult:
                 t_start, learn_start = now, report.learn_s
             elif now > t_start:  # the share of wall-clock the learner spent in updates
                 state["busy"] = (report.learn_s - learn_start) / (now - t_start)
+            if report.updates > state["updates"] and "ratio_from" not in state:
+                state["ratio_from"] = (run.env_steps, state["updates"])
             state["updates"] = report.updates
             state["waits"] = report.extra.get("waits", 0)
             run.add_steps(report.env_steps, EpisodeStats(report.returns, report.lengths))

@@ -206,3 +206,155 @@ def test_sigterm_writes_a_final_checkpoint_and_a_killed_sampler_is_replaced(tmp_
     ckpt = load_checkpoint(list_checkpoints(run_dir)[-1])
     assert ckpt["env_steps"] > 0 and ckpt["policy_version"] > 0
     assert ckpt["env_steps"] == int(_rows(run_dir)[-1]["env_steps"]), "the curve reaches it"
+
+
+# ---------------------------------------------------------------------- learning, asynchronously
+def _train_async(algo: str, env_id: str, run_dir, sets: list[str]):
+    import asyncrl
+
+    cfg = asyncrl.resolve_config(
+        algo,
+        env_id,
+        sets=[
+            f'run_dir="{run_dir}"',
+            "log.progress=false",
+            "log.tensorboard=false",
+            "sampler.asynchronous=true",
+            *sets,
+        ],
+    )
+    result = asyncrl.train(cfg)
+    return result, _rows(run_dir)
+
+
+def asyncrl_config(run_dir):
+    import asyncrl
+
+    return asyncrl.load_config(run_dir / "config.toml")
+
+
+def _evals(rows) -> list[float]:
+    return [float(r["eval_return_mean"]) for r in rows if r["eval_return_mean"]]
+
+
+@pytest.mark.learning
+def test_async_appo_learns_cartpole_within_its_sync_budget(tmp_path):
+    # the serial APPO test's budget (tests/test_learning.py): 475 within 40k steps
+    result, rows = _train_async(
+        "appo",
+        "CartPole-v1",
+        tmp_path,
+        ['sampler.mode="parallel"', "sampler.workers=2", "seed=1", "steps=40000"],
+    )
+    assert max(_evals(rows)) >= 475, _evals(rows)
+    assert "lag_dropped_total" in rows[-1] and float(rows[-1]["policy_lag_max"]) <= 3
+
+
+@pytest.mark.learning
+def test_async_dqn_learns_cartpole_and_holds_the_replay_ratio(tmp_path):
+    # the synchronous test's budget (tests/test_learning_dqn.py): the best eval >= 450 in 60k
+    result, rows = _train_async(
+        "dqn",
+        "CartPole-v1",
+        tmp_path,
+        [
+            'sampler.mode="parallel"',
+            "sampler.workers=1",
+            "seed=0",
+            "steps=60000",
+            "log.eval_every=5120",
+        ],
+    )
+    assert max(_evals(rows)) >= 450, _evals(rows)
+    setting = asyncrl_config(tmp_path).algo_params.replay_ratio
+    ratios = [float(r["replay_ratio"]) for r in rows if r["replay_ratio"]]
+    assert abs(ratios[-1] - setting) <= 0.1 * setting, (setting, ratios)  # within 10%
+
+
+@pytest.mark.learning
+def test_async_sac_learns_pendulum_within_its_sync_budget(tmp_path):
+    # tests/test_learning_qpg.py's budget: -250 within 10k steps
+    result, rows = _train_async(
+        "sac",
+        "Pendulum-v1",
+        tmp_path,
+        [
+            'sampler.mode="parallel"',
+            "sampler.workers=1",
+            "seed=0",
+            "steps=10000",
+            "log.eval_every=1000",
+            "log.eval_episodes=10",
+            "sac.hidden_sizes=[64, 64]",
+        ],
+    )
+    assert max(_evals(rows)) >= -250, _evals(rows)
+    setting = asyncrl_config(tmp_path).algo_params.replay_ratio
+    ratios = [float(r["replay_ratio"]) for r in rows if r["replay_ratio"]]
+    assert abs(ratios[-1] - setting) <= 0.1 * setting, (setting, ratios)
+
+
+@pytest.mark.parametrize("mode", ["central", "alternating"])
+def test_async_appo_runs_in_the_central_placements(mode, tmp_path):
+    result, rows = _train_async(
+        "appo",
+        "CartPole-v1",
+        tmp_path,
+        [f'sampler.mode="{mode}"', "sampler.workers=2", "steps=3000", "log.eval_every=0"],
+    )
+    assert result.env_steps >= 3000
+    assert int(rows[-1]["updates"]) > 0 and float(rows[-1]["policy_lag_max"]) <= 3
+
+
+def test_samples_older_than_the_lag_bound_are_dropped_and_counted(tmp_path):
+    # Lag 0 allowed, four batches in flight: most columns arrive a version or more behind.
+    result, rows = _train_async(
+        "appo",
+        "CartPole-v1",
+        tmp_path,
+        [
+            'sampler.mode="parallel"',
+            "sampler.workers=2",
+            "sampler.async_batches=4",
+            "appo.max_policy_lag=0",
+            "steps=6000",
+            "log.eval_every=0",
+        ],
+    )
+    last = rows[-1]
+    assert float(last["lag_dropped_total"]) > 0, last
+    assert max(float(r["policy_lag_max"]) for r in rows) >= 1
+    assert int(last["updates"]) > 0  # batches whose policy is current are still learned from
+
+
+def test_a_killed_replay_store_ends_the_async_run_with_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = asyncrl_cmd(
+        "train",
+        "dqn",
+        "CartPole-v1",
+        "--mode",
+        "parallel",
+        "--workers",
+        "1",
+        "--async",
+        "--steps",
+        "200000",
+        "--run-dir",
+        str(run_dir),
+        *FAST,
+        "--set",
+        "dqn.replay_service=true",
+        "--set",
+        "log.checkpoint_every=2048",
+    )
+    with LeakWatch() as watch:
+        proc = popen(cmd, tmp_path / "out.txt")
+        assert wait_until(lambda: len(list_checkpoints(run_dir)) >= 1, 180), finish(proc, 5)[1]
+        (store,) = _children(proc.pid, "workers.replay")
+        store.kill()
+        code, out = finish(proc, 120)
+        assert code == 1, out
+        assert "replay store exited" in out and "Traceback" not in out, out
+        assert wait_until(lambda: not _children(proc.pid, "workers."), 30)
+    assert not watch.leaked()
