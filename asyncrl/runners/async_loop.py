@@ -10,7 +10,9 @@ socket.
 A run's env steps are those the learner consumed (batches collected but not yet learned when
 the run stops, at most ``sampler.async_batches``, are dropped). A learner process that dies
 ends the run with one error line; its state since the last checkpoint is lost, and ``--resume``
-continues from that checkpoint.
+continues from that checkpoint. A checkpoint's learner state is the learner's when it answers,
+which may include the batches already queued to it (at most ``sampler.async_batches``) beyond
+the env steps the run had recorded: the algorithm's own counters stay consistent with it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def async_loop(run: Run, sampler) -> TrainResult:
     )
     if run.resumed:
         sampler.resume_path = str(latest_checkpoint(run.run_dir))
+        sampler.start_steps = run.env_steps  # the learner's schedules go on from there
     agent.eval_mode()
     state: dict = {
         "updates": run.resumed["algo"].get("updates", 0) if run.resumed else 0,

@@ -68,12 +68,11 @@ class AsyncRuntimeSampler(RuntimeSampler):
         self._state_seq = 0
         self._latest: tuple | None = None  # (names, params copies, version)
         self._env_steps_sent = 0
+        self.start_steps = 0  # env steps done before this process (a resumed run)
 
     # ------------------------------------------------------------------ setup
     def initialize(self, agent) -> None:
-        from asyncrl.configs.registry import ALGO_CONFIGS
-        from asyncrl.runtime.coordinator import Coordinator, RemoteLimits
-        from asyncrl.runtime.supervision import RestartPolicy
+        from asyncrl.runtime.coordinator import Coordinator
 
         self.agent = agent
         info_example = agent.info_example()
@@ -88,6 +87,7 @@ class AsyncRuntimeSampler(RuntimeSampler):
         self.buf = self.slots[0].tree.samples  # the layout _check_batch compares against
         self._pending = [self._empty_pending() for _ in range(self.slots_n)]
         self._finalizer = weakref.finalize(self, _release_all, self.slots)
+        self._env_steps_sent = self.start_steps
         config_dict = worker_config(self.cfg)
         config_dict["seed"] = self.seed
         learner_cfg = self.cfg.to_dict()
@@ -99,35 +99,10 @@ class AsyncRuntimeSampler(RuntimeSampler):
             "torch_threads": max(1, self.cfg.torch_threads),
             "total_steps": self.cfg.steps,
         }
-        offpolicy = ALGO_CONFIGS[self.cfg.algo].kind == "offpolicy"
-        del offpolicy  # remote workers are refused in every asynchronous run for now
         self.coordinator = Coordinator(
             config_dict,
-            mode=self.mode,
-            horizon=self.horizon,
-            local_workers=self.local_workers,
-            envs_per_worker=self.envs_per_worker,
-            bind=self.cfg.sampler.bind,
-            keys=self.cfg.sampler.keys,
-            insecure=self.cfg.sampler.insecure,
-            heartbeat_s=self.cfg.sampler.heartbeat_s,
-            worker_timeout_s=self.cfg.sampler.worker_timeout_s,
-            torch_threads=1,
-            info_example=info_example,
+            **self._coordinator_settings(info_example),
             refuse_remote="asynchronous runs take local workers only (remote ones: not built yet)",
-            remote_max_message_bytes=self._remote_message_limit(),
-            limits=RemoteLimits(
-                max_workers=self.cfg.sampler.max_remote_workers,
-                max_envs=self.cfg.sampler.max_remote_envs,
-                max_envs_per_worker=self.cfg.sampler.max_envs_per_worker,
-                grace_s=self.cfg.sampler.remote_grace_s,
-                misses=self.cfg.sampler.remote_misses,
-            ),
-            restart_policy=RestartPolicy(
-                max_failures=self.cfg.sampler.restart_limit,
-                window_s=self.cfg.sampler.restart_window_s,
-                backoff_s=self.cfg.sampler.restart_backoff_s,
-            ),
             async_flow=(self.slots_n, 2, self._deliver, self._complete),
             learner=(learner_meta, self._on_learner),
         )

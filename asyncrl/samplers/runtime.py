@@ -74,8 +74,7 @@ class RuntimeSampler(Sampler):
     # ------------------------------------------------------------------ setup
     def initialize(self, agent) -> None:
         from asyncrl.configs.registry import ALGO_CONFIGS
-        from asyncrl.runtime.coordinator import Coordinator, RemoteLimits
-        from asyncrl.runtime.supervision import RestartPolicy
+        from asyncrl.runtime.coordinator import Coordinator
 
         self.agent = agent
         info_example = agent.info_example()
@@ -90,31 +89,8 @@ class RuntimeSampler(Sampler):
         offpolicy = ALGO_CONFIGS[self.cfg.algo].kind == "offpolicy"
         self.coordinator = Coordinator(
             config_dict,
-            mode=self.mode,
-            horizon=self.horizon,
-            local_workers=self.local_workers,
-            envs_per_worker=self.envs_per_worker,
-            bind=self.cfg.sampler.bind,
-            keys=self.cfg.sampler.keys,
-            insecure=self.cfg.sampler.insecure,
-            heartbeat_s=self.cfg.sampler.heartbeat_s,
-            worker_timeout_s=self.cfg.sampler.worker_timeout_s,
-            torch_threads=1,
-            info_example=info_example,
+            **self._coordinator_settings(info_example),
             allow_remote_sizes=not offpolicy,
-            remote_max_message_bytes=self._remote_message_limit(),
-            limits=RemoteLimits(
-                max_workers=self.cfg.sampler.max_remote_workers,
-                max_envs=self.cfg.sampler.max_remote_envs,
-                max_envs_per_worker=self.cfg.sampler.max_envs_per_worker,
-                grace_s=self.cfg.sampler.remote_grace_s,
-                misses=self.cfg.sampler.remote_misses,
-            ),
-            restart_policy=RestartPolicy(
-                max_failures=self.cfg.sampler.restart_limit,
-                window_s=self.cfg.sampler.restart_window_s,
-                backoff_s=self.cfg.sampler.restart_backoff_s,
-            ),
         )
         if self.mode != "parallel":
             self.coordinator.serve(agent)
@@ -128,6 +104,39 @@ class RuntimeSampler(Sampler):
         names = list(agent.state_tensors().keys())
         self._param_names = names
         self._Params = namedarraytuple("Params", [f"p{i}" for i in range(len(names))])
+
+    def _coordinator_settings(self, info_example) -> dict:
+        """The Coordinator's settings from the run's config (both runtime samplers)."""
+        from asyncrl.runtime.coordinator import RemoteLimits
+        from asyncrl.runtime.supervision import RestartPolicy
+
+        s = self.cfg.sampler
+        return dict(
+            mode=self.mode,
+            horizon=self.horizon,
+            local_workers=self.local_workers,
+            envs_per_worker=self.envs_per_worker,
+            bind=s.bind,
+            keys=s.keys,
+            insecure=s.insecure,
+            heartbeat_s=s.heartbeat_s,
+            worker_timeout_s=s.worker_timeout_s,
+            torch_threads=1,
+            info_example=info_example,
+            remote_max_message_bytes=self._remote_message_limit(),
+            limits=RemoteLimits(
+                max_workers=s.max_remote_workers,
+                max_envs=s.max_remote_envs,
+                max_envs_per_worker=s.max_envs_per_worker,
+                grace_s=s.remote_grace_s,
+                misses=s.remote_misses,
+            ),
+            restart_policy=RestartPolicy(
+                max_failures=s.restart_limit,
+                window_s=s.restart_window_s,
+                backoff_s=s.restart_backoff_s,
+            ),
+        )
 
     def _remote_message_limit(self) -> int:
         """Bytes of the largest batch a remote worker may send (its most envs), plus 1 MiB for
