@@ -137,3 +137,22 @@ class BufferReuseEnv(ToyEnv):
 DICT_ENV_ID = "AsyncrlToyDict-v0"
 if DICT_ENV_ID not in gym.registry:
     gym.register(DICT_ENV_ID, entry_point="tests.envs.toy_envs:DictEnv", max_episode_steps=50)
+
+
+class SlowCartPole(gym.Wrapper):
+    """CartPole-v1 whose every step takes ``step_s`` seconds more: a slow sampler."""
+
+    def __init__(self, step_s: float = 0.002):
+        super().__init__(gym.make("CartPole-v1"))
+        self.step_s = step_s
+
+    def step(self, action):
+        import time
+
+        time.sleep(self.step_s)
+        return self.env.step(action)
+
+
+SLOW_ID = "AsyncrlSlowCartPole-v1"
+if SLOW_ID not in gym.registry:
+    gym.register(SLOW_ID, entry_point="tests.envs.toy_envs:SlowCartPole", max_episode_steps=500)

@@ -146,20 +146,6 @@ def _rows(run_dir) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.learning
-def test_async_ppo_learns_cartpole_with_lag_measured(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = popen(_async_cmd(run_dir, "--seed", "1", steps=40_000), tmp_path / "out.txt")
-    code, out = finish(proc, 400)
-    assert code == 0, out
-    rows = _rows(run_dir)
-    evals = [float(r["eval_return_mean"]) for r in rows if r["eval_return_mean"]]
-    assert max(evals) >= 475, evals
-    lags = [float(r["policy_lag_mean"]) for r in rows if r.get("policy_lag_mean")]
-    assert lags and max(lags) >= 0.5, "workers run ahead of the learner: lag is measured"
-    assert max(float(r["policy_lag_max"]) for r in rows) <= 2 + 1, "bounded by the slots"
-
-
 def test_a_killed_learner_ends_the_run_with_one_line_and_resume_continues(tmp_path):
     run_dir = tmp_path / "run"
     with LeakWatch() as watch:
@@ -247,7 +233,10 @@ def test_async_appo_learns_cartpole_within_its_sync_budget(tmp_path):
         ['sampler.mode="parallel"', "sampler.workers=2", "seed=1", "steps=40000"],
     )
     assert max(_evals(rows)) >= 475, _evals(rows)
-    assert "lag_dropped_total" in rows[-1] and float(rows[-1]["policy_lag_max"]) <= 3
+    lags = [float(r["policy_lag_mean"]) for r in rows]
+    assert max(lags) >= 0.5, "workers run ahead of the learner: the lag is measured"
+    assert max(float(r["policy_lag_max"]) for r in rows) <= 3, "bounded by the slots in flight"
+    assert float(rows[-1]["lag_dropped_total"]) == 0  # within appo.max_policy_lag (20)
 
 
 @pytest.mark.learning
@@ -268,7 +257,9 @@ def test_async_dqn_learns_cartpole_and_holds_the_replay_ratio(tmp_path):
     assert max(_evals(rows)) >= 450, _evals(rows)
     setting = asyncrl_config(tmp_path).algo_params.replay_ratio
     ratios = [float(r["replay_ratio"]) for r in rows if r["replay_ratio"]]
-    assert abs(ratios[-1] - setting) <= 0.1 * setting, (setting, ratios)  # within 10%
+    assert all(abs(x - setting) <= 0.1 * setting for x in ratios), (setting, ratios)  # 10%
+    # the learner is the slow side here (it is busy nearly all the time): samplers waited
+    assert float(rows[-1]["learner_busy"]) > 0.5 and int(rows[-1]["sampler_waits"]) > 0
 
 
 @pytest.mark.learning
@@ -300,7 +291,7 @@ def test_async_appo_runs_in_the_central_placements(mode, tmp_path):
         "appo",
         "CartPole-v1",
         tmp_path,
-        [f'sampler.mode="{mode}"', "sampler.workers=2", "steps=3000", "log.eval_every=0"],
+        [f'sampler.mode="{mode}"', "sampler.workers=2", "steps=3000", "log.eval_every=-1"],
     )
     assert result.env_steps >= 3000
     assert int(rows[-1]["updates"]) > 0 and float(rows[-1]["policy_lag_max"]) <= 3
@@ -318,7 +309,7 @@ def test_samples_older_than_the_lag_bound_are_dropped_and_counted(tmp_path):
             "sampler.async_batches=4",
             "appo.max_policy_lag=0",
             "steps=6000",
-            "log.eval_every=0",
+            "log.eval_every=-1",
         ],
     )
     last = rows[-1]
@@ -358,3 +349,26 @@ def test_a_killed_replay_store_ends_the_async_run_with_one_line(tmp_path):
         assert "replay store exited" in out and "Traceback" not in out, out
         assert wait_until(lambda: not _children(proc.pid, "workers."), 30)
     assert not watch.leaked()
+
+
+def test_the_replay_ratio_is_held_with_slow_samplers(tmp_path):
+    # An env that takes 5 ms a step: the learner waits for data, and still does exactly its
+    # replay_ratio of updates per env step.
+    result, rows = _train_async(
+        "dqn",
+        "AsyncrlSlowCartPole-v1",
+        tmp_path,
+        [
+            'env.imports=["tests.envs.toy_envs"]',
+            "env.kwargs={step_s=0.005}",
+            'sampler.mode="parallel"',
+            "sampler.workers=1",
+            "steps=3072",
+            "log.eval_every=-1",
+            "log.log_every_s=0",
+        ],
+    )
+    setting = asyncrl_config(tmp_path).algo_params.replay_ratio
+    ratios = [float(r["replay_ratio"]) for r in rows if r["replay_ratio"]]
+    assert ratios and all(abs(x - setting) <= 0.1 * setting for x in ratios), (setting, ratios)
+    assert float(rows[-1]["learner_busy"]) < 0.5, rows[-1]  # the samplers are the slow side
