@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from asyncrl.algos.optim import clip_grad_norm, make_adam
+from asyncrl.algos.clipped import clipped_step, mean_stats, new_stats
+from asyncrl.algos.optim import make_adam
 from asyncrl.algos.pg_batch import (
     annealed,
     flatten_time_env,
@@ -120,9 +121,7 @@ class APPO:
         bootstrap_value = seq(bootstrap)  # [B]
         n = T * B
         mb_size = max(n // cfg.minibatches, 1)
-        stats: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac")
-        }
+        stats = new_stats()
         agent.train_mode()
         stop = False
         start_value = explained = None
@@ -149,48 +148,18 @@ class APPO:
             for start in range(0, n - mb_size + 1, mb_size):
                 idx = perm[start : start + mb_size]
                 dist, value = agent.model(tree_map(lambda x, i=idx: x[i], obs))
-                logp = dist.log_prob(action[idx])
-                entropy = dist.entropy().mean()
-                mb_adv = adv[idx]
-                if cfg.normalize_advantage and mb_adv.numel() > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                log_ratio = logp - behaviour_logp[idx]
-                ratio = log_ratio.exp()
-                policy_loss = torch.max(
-                    -mb_adv * ratio, -mb_adv * ratio.clamp(1 - clip, 1 + clip)
-                ).mean()
-                value_error = (value - vs[idx]).pow(2)
-                if cfg.clip_value:
-                    v_clipped = start_value[idx] + (value - start_value[idx]).clamp(
-                        -cfg.value_clip_range, cfg.value_clip_range
-                    )
-                    value_error = torch.max(value_error, (v_clipped - vs[idx]).pow(2))
-                value_loss = 0.5 * value_error.mean()
-                loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm > 0:
-                    clip_grad_norm(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
-                self.updates += 1
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's k3, to mu
-                    clip_frac = ((ratio - 1).abs() > clip).float().mean()
-                    # Kept as tensors: one .item() per statistic per batch, not per minibatch.
-                    stats["approx_kl"].append(approx_kl)
-                    stats["clip_frac"].append(clip_frac)
-                    stats["policy_loss"].append(policy_loss.detach())
-                    stats["value_loss"].append(value_loss.detach())
-                    stats["entropy"].append(entropy.detach())
-                if cfg.target_kl > 0 and approx_kl.item() > 1.5 * cfg.target_kl:
-                    stop = True
+                stop = clipped_step(
+                    self, cfg, clip, dist, value, action[idx], behaviour_logp[idx], adv[idx],
+                    vs[idx], start_value[idx], stats,
+                )  # fmt: skip
+                if stop:
                     break
             if stop:
                 break
         agent.eval_mode()
         agent.update_normalizer(obs)
         agent.policy_version += 1
-        out.update({k: torch.stack(v).mean().item() for k, v in stats.items() if v})
+        out.update(mean_stats(stats))
         out["explained_variance"] = explained
         return out
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from asyncrl.algos.optim import clip_grad_norm, make_adam
+from asyncrl.algos.clipped import clipped_step, mean_stats, new_stats
+from asyncrl.algos.optim import make_adam
 from asyncrl.algos.pg_batch import annealed, pg_batch, set_learning_rate
 from asyncrl.data import tree_map
 
@@ -61,57 +62,19 @@ class PPO:
         adv_t, ret_t = data.advantage, data.returns
         n = adv_t.shape[0]
         mb_size = max(n // cfg.minibatches, 1)
-        stats: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac")
-        }
+        stats = new_stats()
         agent.train_mode()
         stop = False
         for _ in range(cfg.epochs):
             perm = torch.randperm(n, generator=self.generator).to(dev)
             for start in range(0, n - mb_size + 1, mb_size):
                 idx = perm[start : start + mb_size]
-                mb_obs = tree_map(lambda x, i=idx: x[i], obs)
-                dist, value = agent.model(mb_obs)
-                logp = dist.log_prob(action[idx])
-                entropy = dist.entropy().mean()
-                mb_adv = adv_t[idx]
-                if cfg.normalize_advantage and mb_adv.numel() > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                log_ratio = logp - old_logp[idx]
-                ratio = log_ratio.exp()
-                pg1 = -mb_adv * ratio
-                pg2 = -mb_adv * ratio.clamp(1 - clip, 1 + clip)
-                policy_loss = torch.max(pg1, pg2).mean()
-                if cfg.clip_value:
-                    v_clipped = old_value[idx] + (value - old_value[idx]).clamp(
-                        -cfg.value_clip_range, cfg.value_clip_range
-                    )
-                    value_loss = (
-                        0.5
-                        * torch.max(
-                            (value - ret_t[idx]).pow(2), (v_clipped - ret_t[idx]).pow(2)
-                        ).mean()
-                    )
-                else:
-                    value_loss = 0.5 * (value - ret_t[idx]).pow(2).mean()
-                loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm > 0:
-                    clip_grad_norm(self.params, cfg.max_grad_norm)
-                self.optimizer.step()
-                self.updates += 1
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's k3 estimator
-                    clip_frac = ((ratio - 1).abs() > clip).float().mean()
-                    # Kept as tensors: one .item() per statistic per batch, not per minibatch.
-                    stats["approx_kl"].append(approx_kl)
-                    stats["clip_frac"].append(clip_frac)
-                    stats["policy_loss"].append(policy_loss.detach())
-                    stats["value_loss"].append(value_loss.detach())
-                    stats["entropy"].append(entropy.detach())
-                if cfg.target_kl > 0 and approx_kl.item() > 1.5 * cfg.target_kl:
-                    stop = True
+                dist, value = agent.model(tree_map(lambda x, i=idx: x[i], obs))
+                stop = clipped_step(
+                    self, cfg, clip, dist, value, action[idx], old_logp[idx], adv_t[idx],
+                    ret_t[idx], old_value[idx], stats,
+                )  # fmt: skip
+                if stop:
                     break
             if stop:
                 break
@@ -119,7 +82,7 @@ class PPO:
         agent.update_normalizer(obs)
         agent.policy_version += 1
         explained = data.explained_variance
-        out = {k: torch.stack(v).mean().item() for k, v in stats.items() if v}
+        out = mean_stats(stats)
         out.update(learning_rate=lr, clip_range=clip, explained_variance=explained)
         return out
 
