@@ -26,16 +26,6 @@ import numpy as np
 log = logging.getLogger("asyncrl.learner")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m workers.optimizer")
     p.add_argument("--connect", required=True)
@@ -86,7 +76,7 @@ def main(argv=None) -> int:
     code = 0
     try:
         while True:
-            if args.parent_pid and not _alive(args.parent_pid):
+            if args.parent_pid and os.getppid() != args.parent_pid:  # re-parented: it died
                 log.warning("parent %d is gone; exiting", args.parent_pid)
                 break
             try:
