@@ -42,6 +42,11 @@ def async_loop(run: Run, sampler) -> TrainResult:
     agent = entry.make_agent(
         sampler.obs_space, sampler.action_space, cfg.model, "cpu", cfg.algo_params
     )
+    if cfg.sampler.mode != "parallel":  # central inference runs on the run's device
+        sampler.inference_agent = entry.make_agent(
+            sampler.obs_space, sampler.action_space, cfg.model, cfg.device, cfg.algo_params
+        )
+        sampler.inference_agent.eval_mode()
     if run.resumed:
         sampler.resume_path = str(latest_checkpoint(run.run_dir))
         sampler.start_steps = run.env_steps  # the learner's schedules go on from there

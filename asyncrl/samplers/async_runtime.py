@@ -69,6 +69,7 @@ class AsyncRuntimeSampler(RuntimeSampler):
         self._latest: tuple | None = None  # (names, params copies, version)
         self._env_steps_sent = 0
         self.start_steps = 0  # env steps done before this process (a resumed run)
+        self.inference_agent = None  # central/alternating: the agent that answers ACT_REQUESTs
 
     # ------------------------------------------------------------------ setup
     def initialize(self, agent) -> None:
@@ -107,8 +108,9 @@ class AsyncRuntimeSampler(RuntimeSampler):
             learner=(learner_meta, self._on_learner),
         )
         if self.mode != "parallel":
-            # The inference server's own copy: the mirror is read by evaluation meanwhile.
-            self.coordinator.serve(copy.deepcopy(agent))
+            # The inference server's own agent (on the run's device when the loop built one
+            # there): the mirror is read by evaluation meanwhile.
+            self.coordinator.serve(self.inference_agent or copy.deepcopy(agent))
         self.coordinator.start()
         self._coord_finalizer = weakref.finalize(self, _stop_quietly, self.coordinator)
         atexit.register(self._coord_finalizer)
