@@ -264,7 +264,8 @@ def test_async_dqn_learns_cartpole_and_holds_the_replay_ratio(tmp_path):
 
 @pytest.mark.learning
 def test_async_sac_learns_pendulum_within_its_sync_budget(tmp_path):
-    # tests/test_learning_qpg.py's budget: -250 within 10k steps
+    # tests/test_learning_qpg.py's budget: -250 within 10k steps. Batches of 8 steps (the
+    # preset's are 1): one learner message per 8 env steps, the same updates per env step.
     result, rows = _train_async(
         "sac",
         "Pendulum-v1",
@@ -272,6 +273,7 @@ def test_async_sac_learns_pendulum_within_its_sync_budget(tmp_path):
         [
             'sampler.mode="parallel"',
             "sampler.workers=1",
+            "sampler.horizon=8",
             "seed=0",
             "steps=10000",
             "log.eval_every=1000",
