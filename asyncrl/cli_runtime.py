@@ -45,6 +45,14 @@ def add_subcommands(sub) -> None:
         "--envs-per-worker", type=int, default=0, help="envs per worker (default: preset)"
     )
     c.add_argument("--min-workers", type=int, default=1, help="batches wait for this many workers")
+    c.add_argument(
+        "--async",
+        dest="asynchronous",
+        action="store_true",
+        help="asynchronous sampling and optimization (the learner in its own process; needs "
+        "--workers >= 1; remote workers feed it too, off-policy ones into replay rings of "
+        "their own)",
+    )
     c.add_argument("--steps", type=float)
     c.add_argument("--seed", type=int)
     c.add_argument("--device")
@@ -101,6 +109,7 @@ def cmd_coordinator(args) -> int:
         "sampler.keys": args.keys,
         "sampler.insecure": args.insecure or None,
         "sampler.min_workers": args.min_workers,
+        "sampler.asynchronous": True if args.asynchronous else None,
     }
     cfg = resolve_config(args.algo, args.env_id, args.config, args.sets, overrides)
     per_worker = args.envs_per_worker or max(cfg.sampler.num_envs // max(cfg.sampler.workers, 1), 1)

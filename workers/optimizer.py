@@ -2,7 +2,8 @@
 
 Receives: REGISTERED (the run's config, the learner slots' shared-memory handles, the checkpoint
 to resume from), LEARN (learner slot ``k`` holds a [T, B] batch; final observations of time
-limits as frames), LEARNER_STATE (write the agent's and the algorithm's state to a file), STOP.
+limits as frames; or, with a ``source``, a remote worker's [T, m] batch itself as frames: it is
+learned as a batch of that source, after the first local one), LEARNER_STATE (write the agent's and the algorithm's state to a file), STOP.
 Sends: LEARNED (done with slot ``k``: the loss info, updates, the new policy version and acting
 state, the parameters as frames; first with no slot when ready), LEARNER_STATE (written),
 ERROR (the update failed: one line, then it exits).
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         sock.close(1000)
         ctx.term()
         return 1
-    send(*learner.report(0, None, {}))  # ready: slot None
+    send(*learner.report(0, {}, {}))  # ready: slot None
     code = 0
     try:
         while True:
@@ -89,8 +90,8 @@ def main(argv=None) -> int:
             if header.type == MsgType.STOP:
                 break
             if header.type == MsgType.LEARN:
-                info = learner.learn(header.meta, tree)
-                send(*learner.report(header.seq, header.meta["slot"], info))
+                for seq, meta, info in learner.handle(header.seq, header.meta, tree):
+                    send(*learner.report(seq, meta, info))
             elif header.type == MsgType.LEARNER_STATE:
                 learner.write_state(header.meta["path"])
                 send(
@@ -151,26 +152,55 @@ class Learner:
         self.names = list(self.agent.state_tensors().keys())
         self.updates_time = 0.0
         self.lag_dropped_total = 0  # steps left out of the loss for their lag, whole run
+        self.local_learned = False  # has a learner slot been learned yet?
+        self.held: list = []  # remote batches that came before it
+        if hasattr(self.algo, "source_envs_limit"):  # rings of remote sources, in envs
+            self.algo.source_envs_limit = int(cfg.sampler.max_remote_envs)
 
-    def learn(self, meta: dict, final_tree) -> dict:
+    def handle(self, seq: int, meta: dict, tree) -> list[tuple[int, dict, dict]]:
+        """One LEARN: the (seq, meta, info) of every batch learned now. A remote batch that
+        comes before the first local one waits for it (the replay's primary ring is the local
+        workers' columns)."""
+        from asyncrl.data import tree_map
+
+        if meta.get("source") and not self.local_learned:
+            self.held.append((seq, meta, tree_map(np.array, tree)))  # frames are reused
+            return []
+        done = [(seq, meta, self.learn(meta, tree))]
+        if not meta.get("source") and not self.local_learned:
+            self.local_learned = True
+            held, self.held = self.held, []
+            done += [(s, m, self.learn(m, t)) for s, m, t in held]
+        return done
+
+    def learn(self, meta: dict, tree) -> dict:
         from asyncrl.data import tree_map
         from asyncrl.envs import EpisodeStats
         from asyncrl.samplers.base import SampleBatch
 
-        slot = self.slots[int(meta["slot"])].tree
+        source = str(meta.get("source") or "")
+        if source:  # a remote worker's batch, in the message itself
+            samples, bootstrap, final_tree = tree.samples, tree.bootstrap_value, tree.finals
+            width = np.shape(bootstrap)[0]
+            acted = np.full(width, int(meta.get("acted", 0)), np.int64)
+        else:
+            slot = self.slots[int(meta["slot"])].tree
+            samples, bootstrap, final_tree = slot.samples, slot.bootstrap_value, tree
+            width = slot.bootstrap_value.shape[0]
+            acted = slot.policy_version.astype(np.int64)
         finals = []
         for i, (t, b) in enumerate(meta.get("finals", [])):
             finals.append((int(t), int(b), tree_map(lambda x, i=i: np.array(x[i]), final_tree)))
-        width = slot.bootstrap_value.shape[0]
-        lag = self.agent.policy_version - slot.policy_version.astype(np.int64)
+        lag = self.agent.policy_version - acted
         batch = SampleBatch(
-            samples=slot.samples,
-            bootstrap_value=slot.bootstrap_value,
+            samples=samples,
+            bootstrap_value=bootstrap,
             next_observation=None,
             final_observations=finals,
             episodes=EpisodeStats([], []),
             env_steps=self.horizon * width,
             policy_lag=lag,
+            source=source,
         )
         t0 = time.perf_counter()
         info = self.algo.optimize(
@@ -186,15 +216,19 @@ class Learner:
         info.setdefault("policy_lag_max", float(lag.max()))
         return info
 
-    def report(self, seq: int, slot, info: dict):
+    def report(self, seq: int, learned: dict, info: dict):
+        """LEARNED for the batch of ``learned`` (a LEARN's meta; {} for the ready message)."""
         from asyncrl.data import namedarraytuple
         from asyncrl.runtime.protocol import Header, MsgType
 
         state = self.agent.state_tensors()
         Params = namedarraytuple("Params", [f"p{i}" for i in range(len(state))])
         params = Params(*(t.detach().cpu().numpy() for t in state.values()))
+        replay = getattr(self.algo, "replay", None)
         meta = {
-            "slot": slot,
+            "slot": learned.get("slot"),
+            "source": learned.get("source", ""),
+            "replay_sources": len(getattr(replay, "sources", ())) or int(replay is not None),
             "info": info,
             "updates": int(getattr(self.algo, "updates", 0)),
             "names": self.names,

@@ -1,5 +1,6 @@
 """Replay store process: holds one replay buffer (uniform, prioritized, frame-based) and serves
-the learner: appends of sampler batches, minibatches, priority updates, save/load of contents.
+the learner: appends of sampler batches (from the local workers, or from a named remote source,
+each in its own ring: asyncrl/replay/sources.py), minibatches, priority updates, save/load of contents.
 The buffer objects are the same ones the serial mode runs in-process (asyncrl/replay).
 
 Run as ``python -m workers.replay --bind ipc:///path/replay.sock`` (the learner's
@@ -52,6 +53,7 @@ def serve(bind: str, parent_pid: int = 0, poll_ms: int = 1000) -> int:
     import zmq
 
     from asyncrl.data import namedarraytuple, tree_map
+    from asyncrl.replay.sources import SourcedReplay, holds_sources
     from asyncrl.runtime.protocol import Header, MsgType, ProtocolError, decode, encode
     from asyncrl.runtime.transport import remove_orphaned_ipc
 
@@ -102,7 +104,13 @@ def serve(bind: str, parent_pid: int = 0, poll_ms: int = 1000) -> int:
                             (int(tt), int(b), tree_map(lambda x, i=i: x[i], tree.final_observation))
                             for i, (tt, b) in enumerate(final_idx)
                         ]
-                    buffer.append(tree.samples, finals)
+                    source = header.meta.get("source") or ""
+                    if source:  # a remote source: a ring of its own
+                        if not isinstance(buffer, SourcedReplay):
+                            buffer = SourcedReplay(buffer, int(header.meta.get("max_envs", 1024)))
+                        buffer.append(tree.samples, finals, source=str(source))
+                    else:
+                        buffer.append(tree.samples, finals)
                     if header.meta.get("ack"):
                         reply(peer, header.reply(MsgType.REPLAY_OK, meta={"len": len(buffer)}))
                 elif t == MsgType.REPLAY_SAMPLE:
@@ -125,6 +133,8 @@ def serve(bind: str, parent_pid: int = 0, poll_ms: int = 1000) -> int:
                         )
                     else:  # load them
                         names = header.meta["names"]
+                        if holds_sources(names) and not isinstance(buffer, SourcedReplay):
+                            buffer = SourcedReplay(buffer)
                         buffer.load_state_dict({n: np.array(a) for n, a in zip(names, tree)})
                         reply(peer, header.reply(MsgType.REPLAY_OK, meta={"len": len(buffer)}))
                 else:

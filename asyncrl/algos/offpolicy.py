@@ -16,6 +16,7 @@ import torch
 from asyncrl.data import to_torch, tree_leaves
 from asyncrl.models.policies import is_image_space
 from asyncrl.models.qpg import cpu_matmul_context
+from asyncrl.replay.sources import SourcedReplay, holds_sources
 
 # Layers whose forward depends on train()/eval(). The MLPs and Q-networks here have none, so the
 # learners skip the train()/eval() switch (walking the modules costs ~0.1 ms per phase).
@@ -61,6 +62,9 @@ class ReplayLearner:
 
     stat_names: tuple[str, ...] = ()
     prefetch: bool = False  # may a phase's minibatches be drawn ahead, in blocks?
+    # Envs of all remote sources' rings together (asynchronous runs with remote workers: see
+    # asyncrl.replay.sources); the learner process sets it from sampler.max_remote_envs.
+    source_envs_limit: int = 1024
 
     def __init__(self, agent, config, seed: int = 0):
         self.agent, self.config, self.seed = agent, config, seed
@@ -134,6 +138,7 @@ class ReplayLearner:
                 n_step=n_step,
                 **prioritized,
             )
+            replay.source_envs_limit = self.source_envs_limit
         elif prioritized:
             cls = PrioritizedFrameReplay if frames else PrioritizedReplay
             replay = cls(
@@ -143,6 +148,8 @@ class ReplayLearner:
             cls = FrameReplay if frames else UniformReplay
             replay = cls(example, cfg.buffer_size, n_envs, cfg.gamma, n_step, seed=self.seed)
         if self._pending_replay_state is not None:
+            if holds_sources(self._pending_replay_state) and not hasattr(replay, "takes_sources"):
+                replay = SourcedReplay(replay, self.source_envs_limit)
             replay.load_state_dict(self._pending_replay_state)
             self._pending_replay_state = None
         return replay
@@ -164,13 +171,20 @@ class ReplayLearner:
     # -- one sampler batch ---------------------------------------------------------------
     def optimize(self, batch, progress: float) -> dict[str, float]:
         cfg, agent = self.config, self.agent
-        if self.replay is None:
-            self.replay = self._make_replay(batch)
-        self.replay.append(batch.samples, batch.final_observations)
+        if batch.source:  # a remote worker's steps: a ring of their own
+            if self.replay is None:
+                raise ValueError("a remote source's batch before the first local one")
+            if not hasattr(self.replay, "takes_sources"):
+                self.replay = SourcedReplay(self.replay, self.source_envs_limit)
+            self.replay.append(batch.samples, batch.final_observations, source=batch.source)
+        else:
+            if self.replay is None:
+                self.replay = self._make_replay(batch)
+            self.replay.append(batch.samples, batch.final_observations)
+            done = batch.samples.env.terminated[-1] | batch.samples.env.truncated[-1]
+            if hasattr(agent, "on_episode_end") and done.any():
+                agent.on_episode_end(done)  # e.g. restart the OU noise of those envs
         self.env_steps += batch.env_steps
-        done = batch.samples.env.terminated[-1] | batch.samples.env.truncated[-1]
-        if hasattr(agent, "on_episode_end") and done.any():
-            agent.on_episode_end(done)  # e.g. restart the OU noise of those envs
         self._batch_stats = self.schedule(progress)
         if self.prioritized:
             # beta is annealed only once learning has started; before, it is the initial one

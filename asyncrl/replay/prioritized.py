@@ -124,6 +124,15 @@ class PrioritizedReplay(UniformReplay):
     def nbytes(self) -> int:
         return super().nbytes + self.tree.nbytes
 
+    def _init_args(self) -> dict:
+        return {
+            **super()._init_args(),
+            "alpha": self.alpha,
+            "beta": self.beta_initial,
+            "beta_final": self.beta_final,
+            "priority_eps": self.priority_eps,
+        }
+
     def _config(self) -> dict:
         return {**super()._config(), "alpha": self.alpha, "priority_eps": self.priority_eps}
 

@@ -38,6 +38,8 @@ class ReplayServiceError(RuntimeError):
 
 
 class ReplayService:
+    takes_sources = True  # appends may name a source (the store keeps a ring per source)
+
     def __init__(
         self,
         kind: str,
@@ -73,6 +75,8 @@ class ReplayService:
             self, _shutdown, self.process, self.ctx, self.sock, self._dir
         )
         self._pending_sample = False
+        self.source_envs_limit = 1024  # envs of all remote sources' rings (the store's cap)
+        self.sources: set[str] = {""}  # sources appended to (the store may evict old ones)
         self._beta_progress: float | None = None
         self._len = 0
         self._steps_written = 0
@@ -122,7 +126,9 @@ class ReplayService:
             self._recv(MsgType.REPLAY_BATCH)
 
     # ------------------------------------------------------------------ buffer interface
-    def append(self, samples: Any, final_observation: Any = None) -> None:
+    def append(self, samples: Any, final_observation: Any = None, source: str = "") -> None:
+        """``source``: "" for the primary ring, else a remote source's name (see
+        ``asyncrl.replay.sources``; the store makes its ring on first use)."""
         steps = to_numpy(as_transition(samples))
         steps = Transition(
             *(
@@ -137,7 +143,13 @@ class ReplayService:
         if finals:
             final_obs = tree_map(lambda *xs: np.stack(xs), *[o for _, _, o in finals])
         meta = {"final": [[int(t), int(b)] for t, b, _ in finals]}
+        if source:
+            meta["source"] = source
+            meta["max_envs"] = self.source_envs_limit
+            self.sources.add(source)
         self._send(MsgType.REPLAY_APPEND, AppendMsg(steps, final_obs), meta)
+        if source:
+            return  # len() below counts the primary ring only
         t = np.shape(steps.reward)[0]
         self._steps_written += t
         self._len = min(self._steps_written, self.size // self.n_envs) * self.n_envs

@@ -298,6 +298,7 @@ class UniformReplay:
         seed: int | None = None,
     ):
         example = as_transition(example_transition)
+        self._example = example  # one step: what a sibling buffer is built from
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
         if n_step < 1:
@@ -508,6 +509,15 @@ class UniformReplay:
     def nbytes(self) -> int:
         """Bytes held by the buffer's arrays (what a full buffer keeps resident)."""
         return self.observations.nbytes + sum(x.nbytes for x in tree_leaves(self.steps))
+
+    def _init_args(self) -> dict:
+        """The constructor's settings besides the example, size, n_envs and seed."""
+        return {"discount": self.discount, "n_step": self.n_step}
+
+    def sibling(self, n_envs: int, seed: int | None = None):
+        """A new empty buffer of this kind and settings with ``n_envs`` envs and as many rows
+        per env as this one (another source's ring: see ``asyncrl.replay.sources``)."""
+        return type(self)(self._example, self.rows * n_envs, n_envs, seed=seed, **self._init_args())
 
     def _config(self) -> dict:
         return {

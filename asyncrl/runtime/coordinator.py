@@ -147,7 +147,8 @@ class Coordinator:
         self.refuse_remote = refuse_remote or (
             ""
             if allow_remote_sizes
-            else "this run takes local workers only (off-policy replay needs a fixed env count)"
+            else "synchronous off-policy runs take local workers only (their replay needs a "
+            "fixed env count; asynchronous runs, --async, take remote workers)"
         )
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.worker_log_level = worker_log_level
@@ -158,8 +159,8 @@ class Coordinator:
         self.rounds = SyncRounds(self)
         self.flow: AsyncFlow | SyncRounds = self.rounds
         if async_flow is not None:
-            slots, credits, deliver, complete = async_flow
-            self.flow = AsyncFlow(self, slots, credits, deliver, complete)
+            # (slots, credits, deliver, complete[, deliver_remote]): see AsyncFlow
+            self.flow = AsyncFlow(self, *async_flow)
         self._learner = learner  # (meta, on_message) or None
         self.learner_registered = False
         self.restarts: dict[int, int] = {}

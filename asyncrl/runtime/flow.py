@@ -9,6 +9,10 @@
   workers run ahead of the learner by at most K batches and then wait (back-pressure), and a
   worker gets its next request while it still collects the current one (it never waits on a
   round trip). A slot is complete when every local slot delivered into it; the learner frees it.
+  Remote workers (when the run takes them) fill no learner slot: each of their batches goes to
+  the learner on its own (``deliver_remote``) as a batch of its source, and a remote worker has
+  at most ``credits`` batches requested or being learned at once, so a fast remote worker
+  cannot queue more than that at the learner either.
 
 Owns the bookkeeping of requests and deliveries only; the coordinator (``rt``) owns the
 sockets and the registry, the sampler layer owns the arrays (``deliver``).
@@ -20,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from asyncrl.runtime.protocol import Header, ProtocolError
@@ -233,6 +237,11 @@ class AsyncFlow:
     called once every local slot delivered into it. ``release(learner_slot)`` (the learner is
     done with it) opens the slot for the next generation and asks the workers for more.
     ``request_args()`` gives (acting, names, params, version) for the next request to a worker.
+
+    ``deliver_remote(delivery, source)`` (None: remote workers get no requests) hands a remote
+    worker's batch to the learner; ``source`` names that worker's registration (a worker that
+    registers again is a new source). ``remote_learned(source)`` (the learner is done with one
+    of its batches) lets it collect another.
     """
 
     def __init__(
@@ -242,6 +251,7 @@ class AsyncFlow:
         credits: int,
         deliver: Callable[[Delivery, int], None],
         complete: Callable[[int, int], None],
+        deliver_remote: Callable[[Delivery, str], None] | None = None,
     ):
         if slots < 1 or credits < 1:
             raise ValueError(f"AsyncFlow needs slots >= 1 and credits >= 1, got {slots}, {credits}")
@@ -254,13 +264,19 @@ class AsyncFlow:
         self.outstanding: dict[int, set[int]] = {s: set() for s in range(rt.local_workers)}
         self.running = False
         self.waits = 0  # requests held back because the learner slot was not free yet
+        self.deliver_remote = deliver_remote
+        self.remote: dict[bytes, _RemoteSource] = {}  # by peer, while registered
+        self._sources = 0
 
     def start(self) -> None:
         self.running = True
 
     async def issue(self, worker: WorkerRecord) -> None:
         """Ask ``worker`` for every batch it may collect now."""
-        if not self.running or not worker.alive or not worker.local:
+        if not self.running or not worker.alive:
+            return
+        if not worker.local:
+            await self._issue_remote(worker)
             return
         s = worker.slot
         out = self.outstanding[s]
@@ -282,6 +298,25 @@ class AsyncFlow:
         for worker in self.rt.alive_workers():
             await self.issue(worker)
 
+    async def _issue_remote(self, worker: WorkerRecord) -> None:
+        src = self.remote.get(worker.peer)
+        while src is not None and len(src.outstanding) + src.learning < self.credits:
+            n = src.next_batch
+            src.outstanding.add(n)
+            src.next_batch = n + 1
+            if not await self._send(worker, n):
+                return
+
+    async def remote_learned(self, source: str) -> None:
+        """The learner is done with a batch of ``source``: its worker may collect another."""
+        for peer, src in self.remote.items():
+            if src.name == source:
+                src.learning = max(0, src.learning - 1)
+                worker = self.rt.workers.get(peer)
+                if worker is not None and worker.alive and not worker.local:
+                    await self.issue(worker)
+                return
+
     async def release(self, learner_slot: int) -> None:
         self.generation[learner_slot] += self.slots
         self.filled[learner_slot].clear()
@@ -292,8 +327,14 @@ class AsyncFlow:
         return worker.local and bool(self.outstanding.get(worker.slot))
 
     async def on_register(self, record: WorkerRecord) -> None:
-        """A replacement in a slot takes over that slot's outstanding requests, in order."""
+        """A replacement in a slot takes over that slot's outstanding requests, in order; a
+        remote worker becomes a new source."""
         if not record.local:
+            if self.deliver_remote is not None:
+                self._sources += 1
+                name = f"remote-{self._sources}-{record.peer.hex()[:32]}"
+                self.remote[record.peer] = _RemoteSource(name)
+                await self.issue(record)
             return
         for n in sorted(self.outstanding[record.slot]):
             if not await self._send(record, n):
@@ -301,7 +342,10 @@ class AsyncFlow:
         await self.issue(record)
 
     def on_dead(self, worker: WorkerRecord, owed: bool) -> None:
-        pass  # the slot's requests stay outstanding: its replacement is asked again
+        # A local slot's requests stay outstanding: its replacement is asked again. A remote
+        # worker's requests end with it (the batches it delivered are still learned).
+        if not worker.local:
+            self.remote.pop(worker.peer, None)
 
     def after_dead(self, worker: WorkerRecord, owed: bool) -> None:
         pass
@@ -315,7 +359,10 @@ class AsyncFlow:
     def on_samples(self, worker: WorkerRecord, header: Header, tree: Any) -> None:
         rt = self.rt
         n = header.seq
-        if not worker.local or n not in self.outstanding[worker.slot]:
+        if not worker.local:
+            self._on_remote_samples(worker, header, tree)
+            return
+        if n not in self.outstanding[worker.slot]:
             rt.dropped_messages += 1
             log.info("dropped a stale batch %d from %r", n, worker.peer)
             return
@@ -339,3 +386,40 @@ class AsyncFlow:
         if len(self.filled[k]) == rt.local_workers:
             self.complete(k, n)
         rt.host.spawn(self.issue(worker))
+
+    def _on_remote_samples(self, worker: WorkerRecord, header: Header, tree: Any) -> None:
+        rt = self.rt
+        src = self.remote.get(worker.peer)
+        n = header.seq
+        if src is None or n not in src.outstanding:
+            rt.dropped_messages += 1
+            log.info("dropped a stale batch %d from %r", n, worker.peer)
+            return
+        if tree is None:
+            raise ProtocolError("SAMPLES without arrays")
+        final = rt.pop_finals(worker.peer)
+        meta = header.meta if isinstance(header.meta, dict) else {}
+        try:
+            self.deliver_remote(
+                Delivery(worker, tree, meta, final, header.policy_version, n), src.name
+            )
+        except Exception as e:  # noqa: BLE001 - a batch that does not fit: drop it, not the run
+            rt.dropped_messages += 1
+            log.warning(
+                "dropped a malformed batch from %r: %s: %s", worker.peer, type(e).__name__, e
+            )
+            rt.declare_dead(worker, "sent a malformed batch")
+            return
+        src.outstanding.discard(n)
+        src.learning += 1
+        worker.delivered += 1
+
+
+@dataclass
+class _RemoteSource:
+    """A registered remote worker in an asynchronous run."""
+
+    name: str  # its replay source (one per registration)
+    next_batch: int = 0
+    outstanding: set[int] = field(default_factory=set)  # asked of it, not delivered yet
+    learning: int = 0  # its batches at the learner, not learned yet

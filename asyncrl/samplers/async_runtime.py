@@ -34,6 +34,8 @@ from asyncrl.samplers.runtime import RuntimeSampler, _stop_quietly, worker_confi
 log = logging.getLogger("asyncrl.sampler")
 
 LearnerBatch = namedarraytuple("LearnerBatch", ["samples", "bootstrap_value", "policy_version"])
+# A remote worker's batch on its way to the learner (frames, not a learner slot).
+RemoteLearn = namedarraytuple("RemoteLearn", ["samples", "bootstrap_value", "finals"])
 
 
 @dataclass
@@ -70,6 +72,10 @@ class AsyncRuntimeSampler(RuntimeSampler):
         self._env_steps_sent = 0
         self.start_steps = 0  # env steps done before this process (a resumed run)
         self.inference_agent = None  # central/alternating: the agent that answers ACT_REQUESTs
+        self._remote_pending: dict[int, dict] = {}  # remote batches at the learner, by seq
+        self._remote_seq = 0
+        self.remote_steps = 0  # env steps of remote workers' batches the learner learned
+        self.replay_sources = 0  # rings in the learner's replay (off-policy; 0: none yet)
 
     # ------------------------------------------------------------------ setup
     def initialize(self, agent) -> None:
@@ -103,8 +109,7 @@ class AsyncRuntimeSampler(RuntimeSampler):
         self.coordinator = Coordinator(
             config_dict,
             **self._coordinator_settings(info_example),
-            refuse_remote="asynchronous runs take local workers only (remote ones: not built yet)",
-            async_flow=(self.slots_n, 2, self._deliver, self._complete),
+            async_flow=(self.slots_n, 2, self._deliver, self._complete, self._deliver_remote),
             learner=(learner_meta, self._on_learner),
         )
         if self.mode != "parallel":
@@ -146,6 +151,34 @@ class AsyncRuntimeSampler(RuntimeSampler):
         pending["lengths"].extend(ep_lengths)
         pending["finals"].extend((t, w.env_offset + b, o) for t, b, o in d.final)
 
+    def _deliver_remote(self, d, source: str) -> None:
+        """A remote worker's batch: checked here, learned on its own as a batch of ``source``
+        (the learner's replay keeps a ring per source; on-policy learners optimize on it)."""
+        from asyncrl.data import tree_map
+        from asyncrl.runtime.protocol import Header, MsgType
+
+        w = d.worker
+        self._check_batch(d.tree, w.num_envs, d.final)
+        ep_returns, ep_lengths = self._check_episodes(d.meta, w.num_envs)
+        steps = self.horizon * w.num_envs
+        self._env_steps_sent += steps
+        self._remote_seq += 1
+        seq = self._remote_seq
+        self._remote_pending[seq] = {"returns": ep_returns, "lengths": ep_lengths, "steps": steps}
+        finals = sorted(d.final, key=lambda x: (x[0], x[1]))
+        meta = {
+            "source": source,
+            "finals": [[int(t), int(b)] for t, b, _ in finals],
+            "env_steps": self._env_steps_sent,
+            "acted": int(d.policy_version),
+        }
+        final_tree = (
+            tree_map(lambda *xs: np.stack(xs), *[o for _, _, o in finals]) if finals else None
+        )
+        tree = RemoteLearn(d.tree.samples, np.asarray(d.tree.bootstrap_value), final_tree)
+        header = Header(MsgType.LEARN, seq=seq, meta=meta)
+        self.coordinator.host.spawn(self.coordinator.send_learner(header, tree))
+
     def _complete(self, k: int, batch_number: int) -> None:
         from asyncrl.data import tree_map
         from asyncrl.runtime.protocol import Header, MsgType
@@ -179,6 +212,7 @@ class AsyncRuntimeSampler(RuntimeSampler):
         if header.type != MsgType.LEARNED:
             raise ValueError(f"unexpected {header.type.name} from the learner")
         names = list(meta["names"])
+        self.replay_sources = int(meta.get("replay_sources", self.replay_sources))
         params = [np.array(p) for p in tree]
         version = int(header.policy_version)
         self._latest = (names, params, version)
@@ -187,6 +221,24 @@ class AsyncRuntimeSampler(RuntimeSampler):
         if self.mode != "parallel":  # the inference server's agent takes torch tensors
             state = {n: torch.from_numpy(p) for n, p in zip(names, params)}
         self.coordinator.publish(names, Params(*params), version, meta.get("acting") or {}, state)
+        if meta.get("source"):  # a remote worker's batch
+            pending = self._remote_pending.pop(int(header.seq), None)
+            if pending is not None:
+                self.remote_steps += pending["steps"]
+                self.reports.put(
+                    LearnerReport(
+                        env_steps=pending["steps"],
+                        returns=pending["returns"],
+                        lengths=pending["lengths"],
+                        info=dict(meta.get("info") or {}),
+                        updates=int(meta.get("updates", 0)),
+                        policy_version=version,
+                        learn_s=float(meta.get("learn_s", 0.0)),
+                        extra={"waits": self.coordinator.flow.waits},
+                    )
+                )
+            self.coordinator.host.spawn(self.coordinator.flow.remote_learned(meta["source"]))
+            return
         k = meta.get("slot")
         if k is None:  # the first: the learner is ready
             self._ready.set()
@@ -223,6 +275,16 @@ class AsyncRuntimeSampler(RuntimeSampler):
             return None
         self._raise_failure()
         return report
+
+    def counters(self) -> dict[str, int]:
+        counters = super().counters()
+        if counters:
+            from asyncrl.configs.registry import ALGO_CONFIGS
+
+            counters["remote_steps"] = self.remote_steps
+            if ALGO_CONFIGS[self.cfg.algo].kind == "offpolicy":
+                counters["replay_sources"] = self.replay_sources
+        return counters
 
     def obtain(self):  # pragma: no cover - the asynchronous loop uses next_report
         raise NotImplementedError("AsyncRuntimeSampler has no obtain(); use next_report()")

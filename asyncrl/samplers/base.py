@@ -57,6 +57,10 @@ class SampleBatch:
     # Per column [B] (int64): the learner's policy version minus the version that acted for
     # that column's steps, set by the asynchronous runtime; None in synchronous modes (lag 0).
     policy_lag: np.ndarray | None = None
+    # Who collected it: "" for the run's own envs (every synchronous batch); in asynchronous
+    # runs a remote worker's registration, whose steps an off-policy replay keeps in their own
+    # ring (asyncrl.replay.sources).
+    source: str = ""
 
 
 class Sampler(ABC):

@@ -128,3 +128,41 @@ def test_dqn_with_the_replay_service_matches_in_process(tmp_path):
         rows = list(csv.DictReader(open(result.run_dir / "progress.csv")))
         returns.append([(r["env_steps"], r["return_mean"], r.get("loss")) for r in rows])
     assert returns[0] == returns[1]
+
+
+@pytest.mark.parametrize("kind", ["uniform", "prioritized"])
+def test_the_store_keeps_a_ring_per_source_like_the_in_process_one(kind):
+    """Appends naming a remote source go to that source's ring in the store (a SourcedReplay
+    there); draws, priority updates and the saved state match the in-process SourcedReplay."""
+    from asyncrl.replay.sources import SOURCE_SHIFT, SourcedReplay, holds_sources
+
+    rng = np.random.default_rng(0)
+    cls = UniformReplay if kind == "uniform" else PrioritizedReplay
+    local = SourcedReplay(cls(_example(), 64, 2, seed=5, n_step=2))
+    remote = ReplayService(kind, _example(), 64, 2, seed=5, n_step=2)
+    try:
+        for _ in range(2):
+            batch, finals = _batch(rng)
+            visitor, _ = _batch(rng, b=3)
+            for r in (local, remote):
+                r.append(batch, finals)
+                r.append(visitor, source="visitor")
+        assert remote.sources == {"", "visitor"}
+        for _ in range(3):
+            a, b = local.sample(16, local.rng), remote.sample(16)
+            assert tree_equal(a, b)
+            assert set((a.indices >> SOURCE_SHIFT).tolist()) <= {0, 1}
+            if kind == "prioritized":
+                td = np.abs(rng.standard_normal(16))
+                local.update_priorities(a.indices, td)
+                remote.update_priorities(b.indices, td)
+        state = remote.state_dict()
+        assert holds_sources(state)
+        again = ReplayService(kind, _example(), 64, 2, seed=1, n_step=2)
+        try:
+            again.load_state_dict(state)
+            assert tree_equal(local.sample(16, local.rng), again.sample(16))
+        finally:
+            again.close()
+    finally:
+        remote.close()
