@@ -106,6 +106,43 @@ def test_async_flow_holds_workers_to_the_learner_slots_and_credits():
     asyncio.run(scenario())
 
 
+def test_async_flow_gives_a_remote_worker_two_credits_until_the_learner_is_done():
+    async def scenario():
+        rt = FakeRuntime(local_workers=1)
+        visitor = WorkerRecord(b"visitor", False, -1, 4, 2, "frames", "remote")
+        rt.workers[b"visitor"] = visitor
+        remote = []
+        flow = AsyncFlow(
+            rt,
+            slots=2,
+            credits=2,
+            deliver=lambda d, k: None,
+            complete=lambda k, n: None,
+            deliver_remote=lambda d, source: remote.append((source, d.batch_number)),
+        )
+        flow.start()
+        await flow.on_register(visitor)
+        asked = [n for slot, n in rt.sent if slot == -1]
+        assert asked == [0, 1]
+        flow.on_samples(visitor, Header(MsgType.SAMPLES, seq=0), np.zeros(1))
+        await asyncio.sleep(0)
+        # delivered but not learned yet: still two of its batches in flight, nothing new asked
+        assert [n for slot, n in rt.sent if slot == -1] == [0, 1]
+        ((source, _),) = remote
+        await flow.remote_learned(source)
+        assert [n for slot, n in rt.sent if slot == -1] == [0, 1, 2]
+        flow.on_samples(visitor, Header(MsgType.SAMPLES, seq=0), np.zeros(1))  # a duplicate
+        assert rt.dropped_messages == 1 and len(remote) == 1
+        # registering again is a new source; the old source's acks no longer count
+        await flow.on_register(visitor)
+        assert flow.remote[b"visitor"].name != source
+        flow.on_dead(visitor, False)
+        assert b"visitor" not in flow.remote
+        await flow.remote_learned(source)  # nothing to do, no error
+
+    asyncio.run(scenario())
+
+
 # ---------------------------------------------------------------------- end to end
 def _async_cmd(run_dir, *extra: str, steps: int = 200_000) -> list[str]:
     return asyncrl_cmd(
