@@ -51,11 +51,18 @@ class RemoteActs:
         self.oldest_version: int | None = None  # of the replies since the batch began
 
     async def request(
-        self, obs, env_ids: np.ndarray, what: str = "act", reset: np.ndarray | None = None
+        self,
+        obs,
+        env_ids: np.ndarray,
+        what: str = "act",
+        reset: np.ndarray | None = None,
+        reward: np.ndarray | None = None,
     ) -> asyncio.Future:
-        """Ask for actions (or values) for ``obs`` of envs ``env_ids``; ``reset`` marks the envs
-        whose episode ended on the previous step (the agent restarts their exploration state,
-        e.g. DDPG's OU noise, as the worker-side agent does in parallel mode)."""
+        """Ask for actions (or values, ``what="value"``; ``"final_value"``: a recurrent agent's
+        value from the state the envs' episodes ended with) for ``obs`` of envs ``env_ids``;
+        ``reset`` marks the envs whose episode ended on the previous step (the agent restarts
+        their exploration or recurrent state, as the worker-side agent does in parallel mode);
+        ``reward`` (recurrent agents) the previous step's rewards."""
         from asyncrl.data import namedarraytuple
         from asyncrl.runtime import Header, MsgType, send
 
@@ -69,12 +76,12 @@ class RemoteActs:
             seq=self.seq,
             meta={"what": what},
         )
+        fields = {"observation": obs, "env_ids": env_ids.astype(np.int64)}
         if reset is not None and reset.any():
-            Req = namedarraytuple("ActRequest", ["observation", "env_ids", "reset"])
-            tree = Req(obs, env_ids.astype(np.int64), np.asarray(reset, bool))
-        else:
-            Req = namedarraytuple("ActRequest", ["observation", "env_ids"])
-            tree = Req(obs, env_ids.astype(np.int64))
+            fields["reset"] = np.asarray(reset, bool)
+        if reward is not None:
+            fields["reward"] = np.asarray(reward, np.float32)
+        tree = namedarraytuple("ActRequest", list(fields))(*fields.values())
         await send(self.sock, header, tree)
         return fut
 
@@ -289,7 +296,11 @@ async def worker_main(args) -> int:
             except asyncio.TimeoutError:
                 pass
 
-    ended: list = [None] * groups  # episode ends on a batch's last step, per group
+    # Episode ends on a batch's last step, per group, told with the next batch's first request;
+    # at the start every env begins an episode (a replacement worker's envs too).
+    ended: list = [np.ones(sizes[g], bool) for g in range(groups)]
+    recurrent = cfg.model.core != "none"
+    rewards: list = [np.zeros(sizes[g], np.float32) if recurrent else None for g in range(groups)]
 
     async def collect_central(buf):
         """Central/alternating: each group asks for actions while the other group steps."""
@@ -298,7 +309,8 @@ async def worker_main(args) -> int:
         timeout_value[:] = 0
         col = [slice(int(starts[g]), int(starts[g]) + sizes[g]) for g in range(groups)]
         pending = [
-            await remote.request(obs_state[g], env_ids[g], reset=ended[g]) for g in range(groups)
+            await remote.request(obs_state[g], env_ids[g], reset=ended[g], reward=rewards[g])
+            for g in range(groups)
         ]
         ended[:] = [None] * groups
         for t in range(horizon):
@@ -319,21 +331,44 @@ async def worker_main(args) -> int:
                 prev_action[g] = np.array(action, copy=True)
                 prev_action[g][done] = 0
                 obs_state[g] = obs
+                if recurrent:
+                    rewards[g] = np.asarray(reward, np.float32)
                 for b, o in fo:
                     final.append((t, int(starts[g]) + b, o))
                 if t + 1 < horizon:
-                    pending[g] = await remote.request(obs_state[g], env_ids[g], reset=done)
+                    pending[g] = await remote.request(
+                        obs_state[g], env_ids[g], reset=done, reward=rewards[g]
+                    )
                 elif done.any():
                     ended[g] = done.copy()  # told with the first request of the next batch
+                if recurrent and fo:
+                    # The value of a time limit's final observation, from the state its episode
+                    # ended with: after the reset sent just now (the agent keeps that state),
+                    # or, on the batch's last step, before the reset (still the current one).
+                    stacked = tree_map(lambda *xs: np.stack(xs), *[o for _, o in fo])
+                    ids = env_ids[g][[b for b, _ in fo]]
+                    last = t + 1 == horizon  # then this step's rewards go with it
+                    reply = await (
+                        await remote.request(
+                            stacked,
+                            ids,
+                            what="value" if last else "final_value",
+                            reward=rewards[g][[b for b, _ in fo]] if last else None,
+                        )
+                    )
+                    for (b, _), v in zip(fo, reply.action):
+                        view.env.env_info.timeout_value[b] = v
                 await asyncio.sleep(0)
         # Values for bootstrapping: after the last step and at truncations.
         boot = np.zeros(n_envs, np.float32)
         want_values = info_example is not None and "value" in getattr(info_example, "_fields", ())
         if want_values:
             for g in range(groups):
-                reply = await (await remote.request(obs_state[g], env_ids[g], what="value"))
+                reply = await (
+                    await remote.request(obs_state[g], env_ids[g], what="value", reward=rewards[g])
+                )
                 boot[col[g]] = reply.action
-            if final:
+            if final and not recurrent:
                 stacked = tree_map(lambda *xs: np.stack(xs), *[o for _, _, o in final])
                 ids = np.array([offset + b for _, b, _ in final], np.int64)
                 reply = await (await remote.request(stacked, ids, what="value"))

@@ -48,6 +48,12 @@ def _pg_agent(obs_space, action_space, model_config, device, algo_config):
     from asyncrl.agents.pg import PgAgent
 
     # The per-env sampling streams derive from the run's seed, identical in every process.
+    if getattr(model_config, "core", "none") != "none":
+        from asyncrl.agents.recurrent import RecurrentPgAgent
+
+        return RecurrentPgAgent(
+            obs_space, action_space, model_config, device, seed=torch.initial_seed()
+        )
     return PgAgent(obs_space, action_space, model_config, device, seed=torch.initial_seed())
 
 

@@ -1,7 +1,9 @@
 """Advantage Actor-Critic, the synchronous variant of A3C (Mnih et al. 2016, arXiv:1602.01783).
 
 One gradient step per batch on the whole [T, B] batch: policy gradient with (GAE) advantages,
-value regression to the returns, entropy bonus, RMSprop as in the paper. Owns the loss only.
+value regression to the returns, entropy bonus, RMSprop as in the paper. A recurrent agent is
+unrolled over each env's whole batch from its stored state (algos/sequences.py). Owns the loss
+only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 
 from asyncrl.algos.optim import clip_grad_norm
 from asyncrl.algos.pg_batch import annealed, pg_batch, set_learning_rate
+from asyncrl.algos.sequences import RecurrentInputs, make_chunks
 
 
 @dataclass
@@ -53,7 +56,13 @@ class A2C:
         if cfg.normalize_advantage and adv_t.numel() > 1:
             adv_t = (adv_t - adv_t.mean()) / (adv_t.std() + 1e-8)
         agent.train_mode()
-        dist, value = agent.model(obs)
+        if getattr(agent, "recurrent", False):  # one unroll per env over the whole batch
+            samples = batch.samples
+            done = samples.env.terminated | samples.env.truncated
+            chunks = make_chunks(done, 0, agent.device)  # [T * B] in the order of `data`
+            dist, value = RecurrentInputs.of(samples, agent.device).unroll(agent.model, chunks)
+        else:
+            dist, value = agent.model(obs)
         policy_loss = -(adv_t * dist.log_prob(action)).mean()
         value_loss = 0.5 * (value - ret_t).pow(2).mean()
         entropy = dist.entropy().mean()

@@ -42,6 +42,7 @@ from asyncrl.algos.pg_batch import (
     set_learning_rate,
 )
 from asyncrl.algos.returns import vtrace
+from asyncrl.algos.sequences import RecurrentInputs, make_chunks
 from asyncrl.data import to_torch, tree_map
 
 
@@ -70,6 +71,8 @@ class APPOConfig:
     # V-trace weights leave stale data little signal, so only stalled workers' data is cut.
     # Sample Factory's 1000 counts single SGD steps (~60 of our versions at 4 x 4 steps each).
     max_policy_lag: int = 20
+    # Recurrent cores: steps per sequence chunk of a minibatch (0: the whole horizon)
+    sequence_length: int = 0
 
     def validate(self) -> None:
         for name in ("rho_bar", "c_bar", "pg_rho_bar", "learning_rate"):
@@ -121,13 +124,24 @@ class APPO:
         bootstrap_value = seq(bootstrap)  # [B]
         n = T * B
         mb_size = max(n // cfg.minibatches, 1)
+        recurrent = getattr(agent, "recurrent", False)
+        if recurrent:  # whole-env unrolls for the targets, chunks for the minibatches
+            inputs = RecurrentInputs.of(s, dev)
+            done = s.env.terminated | s.env.truncated
+            whole = make_chunks(done, 0, dev)  # [T * B] in the order of the flat tensors
+            chunks = make_chunks(done, cfg.sequence_length, dev)
+            per_mb = max(chunks.count // cfg.minibatches, 1)
+            action_tb = to_torch(s.agent.action, dev)
         stats = new_stats()
         agent.train_mode()
         stop = False
         start_value = explained = None
         for _ in range(cfg.epochs):
             with torch.no_grad():  # the epoch's targets, from the current model (module docstring)
-                dist, value = agent.model(obs)
+                if recurrent:
+                    dist, value = inputs.unroll(agent.model, whole)
+                else:
+                    dist, value = agent.model(obs)
                 log_rho = (dist.log_prob(action) - behaviour_logp).view(T, B)
                 targets = vtrace(
                     log_rho,
@@ -144,16 +158,22 @@ class APPO:
                 vs, adv = targets.vs.reshape(-1), targets.pg_advantage.reshape(-1)
                 if start_value is None:
                     start_value, explained = value, _explained_variance(vs, value)
-            perm = torch.randperm(n, generator=self.generator).to(dev)
-            for start in range(0, n - mb_size + 1, mb_size):
-                idx = perm[start : start + mb_size]
-                dist, value = agent.model(tree_map(lambda x, i=idx: x[i], obs))
-                stop = clipped_step(
-                    self, cfg, clip, dist, value, action[idx], behaviour_logp[idx], adv[idx],
-                    vs[idx], start_value[idx], stats,
+            if recurrent:
+                stop = self._sequence_epoch(
+                    inputs, chunks, per_mb, clip, action_tb,
+                    [x.view(T, B) for x in (behaviour_logp, adv, vs, start_value)], stats,
                 )  # fmt: skip
-                if stop:
-                    break
+            else:
+                perm = torch.randperm(n, generator=self.generator).to(dev)
+                for start in range(0, n - mb_size + 1, mb_size):
+                    idx = perm[start : start + mb_size]
+                    dist, value = agent.model(tree_map(lambda x, i=idx: x[i], obs))
+                    stop = clipped_step(
+                        self, cfg, clip, dist, value, action[idx], behaviour_logp[idx], adv[idx],
+                        vs[idx], start_value[idx], stats,
+                    )  # fmt: skip
+                    if stop:
+                        break
             if stop:
                 break
         agent.eval_mode()
@@ -162,6 +182,21 @@ class APPO:
         out.update(mean_stats(stats))
         out["explained_variance"] = explained
         return out
+
+    def _sequence_epoch(self, inputs, chunks, per_mb, clip, action, tb, stats) -> bool:
+        """One epoch over minibatches of whole chunks (recurrent agents); ``tb``: behaviour
+        log-probs, advantages, V-trace targets and the anchor values as [T, B]."""
+        perm = torch.randperm(chunks.count, generator=self.generator).to(action.device)
+        for start in range(0, chunks.count - per_mb + 1, per_mb):
+            mb = chunks.select(perm[start : start + per_mb])
+            dist, value = inputs.unroll(self.agent.model, mb)
+            logp, adv, vs, anchor = (mb.flat(x) for x in tb)
+            if clipped_step(
+                self, self.config, clip, dist, value, mb.flat(action), logp, adv, vs, anchor,
+                stats, mask=mb.mask(),
+            ):  # fmt: skip
+                return True
+        return False
 
     def state_dict(self) -> dict:
         return {

@@ -35,26 +35,34 @@ def clipped_step(
     returns: torch.Tensor,
     value_anchor: torch.Tensor,
     stats: dict[str, list[torch.Tensor]],
+    mask: torch.Tensor | None = None,
 ) -> bool:
     """One gradient step of ``algo`` (its ``optimizer``, ``params``, ``updates``) on a minibatch:
     ``dist``/``value`` are the current model's on it, ``behaviour_log_prob`` the log-probs the
     ratio is taken against, ``value_anchor`` what a clipped value may not move away from by more
     than ``cfg.value_clip_range``. Appends the minibatch's statistics to ``stats``; returns True
-    when the approximate KL passed 1.5 x ``cfg.target_kl`` (stop the epochs)."""
+    when the approximate KL passed 1.5 x ``cfg.target_kl`` (stop the epochs).
+
+    ``mask`` (float [N], 1 for real steps, 0 for padding; recurrent sequences) makes every
+    mean, the advantage normalisation included, one over the real steps only."""
+    mean = _mean if mask is None else (lambda x: masked_mean(x, mask))
     log_prob = dist.log_prob(action)
-    entropy = dist.entropy().mean()
+    entropy = mean(dist.entropy())
     if cfg.normalize_advantage and advantage.numel() > 1:
-        advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+        if mask is None:
+            advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
+        else:
+            advantage = masked_normalize(advantage, mask)
     log_ratio = log_prob - behaviour_log_prob
     ratio = log_ratio.exp()
-    policy_loss = torch.max(-advantage * ratio, -advantage * ratio.clamp(1 - clip, 1 + clip)).mean()
+    policy_loss = mean(torch.max(-advantage * ratio, -advantage * ratio.clamp(1 - clip, 1 + clip)))
     value_error = (value - returns).pow(2)
     if cfg.clip_value:
         clipped = value_anchor + (value - value_anchor).clamp(
             -cfg.value_clip_range, cfg.value_clip_range
         )
         value_error = torch.max(value_error, (clipped - returns).pow(2))
-    value_loss = 0.5 * value_error.mean()
+    value_loss = 0.5 * mean(value_error)
     loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
     algo.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -63,10 +71,28 @@ def clipped_step(
     algo.optimizer.step()
     algo.updates += 1
     with torch.no_grad():
-        approx_kl = ((ratio - 1) - log_ratio).mean()  # Schulman's k3 estimator
+        approx_kl = mean((ratio - 1) - log_ratio)  # Schulman's k3 estimator
         stats["approx_kl"].append(approx_kl)
-        stats["clip_frac"].append(((ratio - 1).abs() > clip).float().mean())
+        stats["clip_frac"].append(mean(((ratio - 1).abs() > clip).float()))
         stats["policy_loss"].append(policy_loss.detach())
         stats["value_loss"].append(value_loss.detach())
         stats["entropy"].append(entropy.detach())
     return cfg.target_kl > 0 and approx_kl.item() > 1.5 * cfg.target_kl
+
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    return x.mean()
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the entries where ``mask`` (float, same shape) is 1."""
+    return (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def masked_normalize(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / (std + 1e-8) over the masked entries (unbiased std, as ``Tensor.std``);
+    padded entries come out 0."""
+    n = mask.sum()
+    mu = (x * mask).sum() / n.clamp_min(1.0)
+    var = ((x - mu).pow(2) * mask).sum() / (n - 1).clamp_min(1.0)
+    return (x - mu) / (var.sqrt() + 1e-8) * mask

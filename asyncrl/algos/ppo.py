@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from asyncrl.algos.clipped import clipped_step, mean_stats, new_stats
 from asyncrl.algos.optim import make_adam
-from asyncrl.algos.pg_batch import annealed, pg_batch, set_learning_rate
-from asyncrl.data import tree_map
+from asyncrl.algos.pg_batch import annealed, flatten_time_env, pg_batch, set_learning_rate
+from asyncrl.algos.returns import gae
+from asyncrl.algos.sequences import RecurrentInputs, make_chunks
+from asyncrl.data import to_torch, tree_map
 
 
 @dataclass
@@ -35,6 +38,13 @@ class PPOConfig:
     max_grad_norm: float = 0.5  # global gradient-norm clip (0: off)
     normalize_advantage: bool = True  # per-minibatch advantage standardisation
     target_kl: float = 0.0  # stop the epochs early above this approximate KL (0: off)
+    # Recurrent cores (model.core): steps per sequence chunk; minibatches are whole chunks
+    # (0: the whole horizon, one chunk per env, as CleanRL's ppo_atari_lstm).
+    sequence_length: int = 0
+
+    def validate(self) -> None:
+        if self.sequence_length < 0:
+            raise ValueError(f"sequence_length must be >= 0, got {self.sequence_length}")
 
 
 class PPO:
@@ -48,6 +58,8 @@ class PPO:
     def optimize(self, batch, progress: float) -> dict[str, float]:
         """One PPO update on a SampleBatch; ``progress`` in [0, 1] drives lr annealing."""
         cfg, agent = self.config, self.agent
+        if getattr(agent, "recurrent", False):
+            return self._optimize_sequences(batch, progress)
         data = pg_batch(batch, cfg.gamma, cfg.gae_lambda, agent.device)
         lr = annealed(cfg.learning_rate, progress, cfg.anneal_lr)
         set_learning_rate(self.optimizer, lr)
@@ -84,6 +96,56 @@ class PPO:
         explained = data.explained_variance
         out = mean_stats(stats)
         out.update(learning_rate=lr, clip_range=clip, explained_variance=explained)
+        return out
+
+    def _optimize_sequences(self, batch, progress: float) -> dict[str, float]:
+        """Recurrent PPO: the same objective on minibatches of whole sequence chunks, each
+        unrolled from its stored state (algos/sequences.py)."""
+        cfg, agent, dev = self.config, self.agent, self.agent.device
+        s = batch.samples
+        info = s.agent.agent_info
+        adv, ret = gae(
+            s.env.reward, info.value, s.env.terminated, s.env.truncated,
+            s.env.env_info.timeout_value, batch.bootstrap_value, cfg.gamma, cfg.gae_lambda,
+        )  # fmt: skip
+        lr = annealed(cfg.learning_rate, progress, cfg.anneal_lr)
+        set_learning_rate(self.optimizer, lr)
+        clip = max(annealed(cfg.clip_range, progress, cfg.anneal_clip_range), 1e-8)
+        inputs = RecurrentInputs.of(s, dev)
+        chunks = make_chunks(s.env.terminated | s.env.truncated, cfg.sequence_length, dev)
+        action = to_torch(s.agent.action, dev)
+        old_logp, old_value = to_torch(info.log_prob, dev), to_torch(info.value, dev)
+        adv_t, ret_t = to_torch(adv, dev), to_torch(ret, dev)
+        per_mb = max(chunks.count // cfg.minibatches, 1)
+        stats = new_stats()
+        agent.train_mode()
+        stop = False
+        for _ in range(cfg.epochs):
+            perm = torch.randperm(chunks.count, generator=self.generator).to(dev)
+            for start in range(0, chunks.count - per_mb + 1, per_mb):
+                mb = chunks.select(perm[start : start + per_mb])
+                dist, value = inputs.unroll(agent.model, mb)
+                stop = clipped_step(
+                    self, cfg, clip, dist, value, mb.flat(action), mb.flat(old_logp),
+                    mb.flat(adv_t), mb.flat(ret_t), mb.flat(old_value), stats,
+                    mask=mb.mask(),
+                )  # fmt: skip
+                if stop:
+                    break
+            if stop:
+                break
+        agent.eval_mode()
+        agent.update_normalizer(to_torch(flatten_time_env(s.env.observation), dev))
+        agent.policy_version += 1
+        var_y = float(np.var(ret))
+        out = mean_stats(stats)
+        out.update(
+            learning_rate=lr,
+            clip_range=clip,
+            explained_variance=float("nan")
+            if var_y == 0
+            else 1.0 - float(np.var(ret - info.value)) / var_y,
+        )
         return out
 
     def state_dict(self) -> dict:

@@ -448,6 +448,10 @@ def budget_warnings(cfg: TrainConfig) -> list[str]:
     return out
 
 
+# The algorithms whose agent takes ``model.core`` (a recurrent actor-critic).
+RECURRENT_ALGOS = ("ppo", "a2c", "appo")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check values that types alone do not catch; one-line ConfigError. Cheap: no env is built."""
     from asyncrl.models.mlp import ACTIVATIONS
@@ -505,6 +509,15 @@ def validate(cfg: TrainConfig) -> None:
         )
     if any(h < 1 for h in m.hidden_sizes):
         raise ConfigError(f"model.hidden_sizes must all be >= 1, got {m.hidden_sizes}")
+    try:
+        m.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if m.core != "none" and cfg.algo not in RECURRENT_ALGOS:
+        raise ConfigError(
+            f"model.core={m.core!r}: {cfg.algo} has no recurrent variant (recurrent: "
+            f"{', '.join(RECURRENT_ALGOS)})"
+        )
     _env_family(cfg.env)  # the id exists (a --set env.id or a hand-edited config.toml)
     check = getattr(cfg.algo_params, "validate", None)
     if callable(check):  # an algorithm's own checks, raising ValueError with one line

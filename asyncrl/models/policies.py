@@ -23,6 +23,21 @@ class ModelConfig:
     shared_trunk: bool = False  # one trunk for policy and value (always shared for images)
     normalize_obs: bool = False  # running mean/std of vector observations (MuJoCo)
     init_log_std: float = 0.0  # Gaussian policies: initial log standard deviation
+    core: str = "none"  # recurrent core after the encoder: none | lstm | gru (PPO, A2C, APPO)
+    core_size: int = 128  # hidden units of the recurrent core
+    core_prev_action: bool = False  # feed the core the previous action (one-hot if discrete)
+    core_prev_reward: bool = False  # feed the core the previous reward
+    core_head_sizes: list[int] = field(default_factory=list)  # MLP per head after the core
+
+    def validate(self) -> None:
+        from asyncrl.models.recurrent import CORES
+
+        if self.core not in CORES:
+            raise ValueError(f"model.core must be one of {', '.join(CORES)}, got {self.core!r}")
+        if self.core_size < 1:
+            raise ValueError(f"model.core_size must be >= 1, got {self.core_size}")
+        if self.core == "none" and (self.core_prev_action or self.core_prev_reward):
+            raise ValueError("model.core_prev_action/core_prev_reward need model.core lstm or gru")
 
 
 def is_image_space(space: gym.Space) -> bool:

@@ -88,6 +88,9 @@ def evaluate(
     steps = 0
     with VecEnv(env_spec, n, seed=seed, training=False, render_mode=render) as env:
         obs = env.reset()
+        recurrent = hasattr(agent, "observe_eval")  # its own state per evaluation env
+        if recurrent:
+            agent.reset_eval()
         while True:
             owed = np.array([len(returns[b]) < quota[b] for b in range(n)])
             if not owed.any():
@@ -123,6 +126,8 @@ def evaluate(
                     capped += int(cut[b])
                 running[b] = 0.0
                 length[b] = 0
+            if recurrent:
+                agent.observe_eval(reward, done | cut)
             if cut.any():
                 env.reset_envs(np.flatnonzero(cut))
                 obs = env.obs

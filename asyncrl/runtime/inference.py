@@ -103,7 +103,7 @@ class InferenceServer:
             self._apply_params()
         except Exception as e:  # noqa: BLE001 - the thread must live on; the run sees the error
             self._call_soon(self._failed, 0, e)
-        for what in ("act", "value"):
+        for what in ("act", "value", "final_value"):
             group = [r for r in batch if r[2] == what]
             if not group:
                 continue
@@ -123,8 +123,29 @@ class InferenceServer:
         sizes = [len(i) for i in ids]
         all_obs = tree_map(lambda *xs: np.concatenate(xs), *obs) if len(obs) > 1 else obs[0]
         all_ids = np.concatenate(ids)
-        if what == "value":
-            values = agent.value(all_obs).astype(np.float32)
+        recurrent = getattr(agent, "recurrent", False)
+        rewards = [getattr(r[1], "reward", None) for r in group]
+        observe = getattr(agent, "observe", None)
+        if observe is not None and any(x is not None for x in rewards):
+            # recurrent agents: the previous step's rewards (the core's previous-reward input),
+            # before any reset of the request
+            reward = np.concatenate(
+                [
+                    np.zeros(n, np.float32) if x is None else np.asarray(x, np.float32)
+                    for x, n in zip(rewards, sizes)
+                ]
+            )
+            if len(reward) != len(all_ids):
+                raise ProtocolError("ACT_REQUEST: rewards and env ids differ in length")
+            observe(reward, all_ids)
+        if what in ("value", "final_value"):
+            if recurrent:  # from each env's state (final: the one its episode ended with)
+                values = agent.value(all_obs, all_ids, final=what == "final_value")
+            elif what == "final_value":
+                raise ProtocolError("ACT_REQUEST what=final_value needs a recurrent agent")
+            else:
+                values = agent.value(all_obs)
+            values = np.asarray(values, np.float32)
             parts = np.split(values, np.cumsum(sizes)[:-1])
             infos = [None] * len(group)
         else:

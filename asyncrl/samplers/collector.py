@@ -36,6 +36,8 @@ class Collector:
         timeout_value[:] = 0
         has_value = hasattr(agent, "value")
         on_episode_end = getattr(agent, "on_episode_end", None)
+        observe = getattr(agent, "observe", None)  # recurrent agents: the previous reward
+        recurrent = getattr(agent, "recurrent", False)
         for t in range(horizon):
             buf.env.observation[t] = self.obs
             action, info = agent.step(self.obs, self.env_ids)
@@ -48,19 +50,31 @@ class Collector:
             buf.env.terminated[t] = terminated
             buf.env.truncated[t] = truncated
             done = terminated | truncated
+            if observe is not None:
+                observe(reward, self.env_ids)
             if done.any():
                 self.prev_action = np.array(action, copy=True)
                 self.prev_action[done] = 0
-                if on_episode_end is not None:  # per-env exploration state (DDPG's OU noise)
+                if on_episode_end is not None:  # per-env exploration / recurrent state
                     on_episode_end(done, self.env_ids)
             else:
                 self.prev_action = action
             for b, o in fo:
                 final_obs.append((t, b, o))
-        if final_obs and has_value:
+            if fo and recurrent and has_value:  # from the state the episode ended with
+                ids = self.env_ids[[b for b, _ in fo]]
+                stacked = tree_map(lambda *xs: np.stack(xs), *[o for _, o in fo])
+                for (b, _), v in zip(fo, agent.value(stacked, ids, final=True)):
+                    timeout_value[t, b] = v
+        if final_obs and has_value and not recurrent:
             stacked = tree_map(lambda *xs: np.stack(xs), *[o for _, _, o in final_obs])
             values = agent.value(stacked)
             for (t, b, _), v in zip(final_obs, values):
                 timeout_value[t, b] = v
-        bootstrap = agent.value(self.obs) if has_value else None
+        if not has_value:
+            bootstrap = None
+        elif recurrent:  # from the envs' current states
+            bootstrap = agent.value(self.obs, self.env_ids)
+        else:
+            bootstrap = agent.value(self.obs)
         return final_obs, bootstrap, env.pop_episode_stats()

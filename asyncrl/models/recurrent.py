@@ -1,0 +1,172 @@
+"""Recurrent cores (LSTM, GRU) and the recurrent actor-critic: encoder (MLP or Nature CNN), then
+the core (fed the encoding and, where configured, the previous action and reward: rlpyt's
+``AgentInputs``), then the policy and value heads on the core's output.
+
+The recurrent state is one float tensor per env, [N, S]: S = 2H for an LSTM (h then c), H for a
+GRU, so it can be stored in Samples and replay like any other array. ``reset`` masks say which
+steps begin an episode: the state before such a step is zero.
+
+Owns layers and the unroll; agents own the per-env state, algorithms the losses.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import torch
+from torch import nn
+
+CORES = ("none", "lstm", "gru")
+
+
+class RecurrentCore(nn.Module):
+    """One LSTM or GRU layer stepped one time step at a time (``step``) or over a sequence with
+    episode resets (``unroll``); both compute the same numbers. An unroll runs the fused
+    ``nn.LSTM``/``nn.GRU`` over each stretch of steps between the times where some env resets
+    (zeroing those envs' states there), so its cost grows with the resets, not the steps."""
+
+    def __init__(self, kind: str, input_size: int, hidden_size: int):
+        super().__init__()
+        if kind not in ("lstm", "gru"):
+            raise ValueError(f"recurrent core must be 'lstm' or 'gru', got {kind!r}")
+        self.kind, self.hidden_size = kind, int(hidden_size)
+        rnn = nn.LSTM if kind == "lstm" else nn.GRU
+        self.rnn = rnn(input_size, self.hidden_size)
+        for name, p in self.rnn.named_parameters():  # CleanRL's LSTM init
+            if "bias" in name:
+                nn.init.zeros_(p)
+            else:
+                nn.init.orthogonal_(p, 1.0)
+        self.state_size = self.hidden_size * (2 if kind == "lstm" else 1)
+
+    def initial_state(self, n: int, device=None) -> torch.Tensor:
+        return torch.zeros(n, self.state_size, device=device)
+
+    def _run(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [L, N, D] from ``state`` [N, S] without resets -> (outputs [L, N, H], state)."""
+        if self.kind == "lstm":
+            h, c = state.split(self.hidden_size, dim=-1)
+            out, (h, c) = self.rnn(x, (h.unsqueeze(0).contiguous(), c.unsqueeze(0).contiguous()))
+            return out, torch.cat([h[0], c[0]], -1)
+        out, h = self.rnn(x, state.unsqueeze(0).contiguous())
+        return out, h[0]
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N, D], state [N, S] -> (output [N, H], new state [N, S])."""
+        out, state = self._run(x.unsqueeze(0), state)
+        return out[0], state
+
+    def unroll(
+        self, x: torch.Tensor, state: torch.Tensor, reset: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [L, N, D], state [N, S] before step 0, ``reset`` [L, N] bool (step t begins an
+        episode: zero state before it) -> (outputs [L, N, H], state after the last step)."""
+        L = x.shape[0]
+        cuts = [] if reset is None else torch.nonzero(reset.any(dim=1)).flatten().tolist()
+        outs, start = [], 0
+        for t in [*cuts, L]:
+            if t > start:
+                out, state = self._run(x[start:t], state)
+                outs.append(out)
+            if t < L:
+                state = state * (~reset[t]).to(state.dtype).unsqueeze(-1)
+            start = t
+        return torch.cat(outs), state
+
+
+def action_features(space: gym.Space) -> int:
+    """Width of the previous-action input: one-hot for Discrete, the vector for a Box."""
+    if isinstance(space, gym.spaces.Discrete):
+        return int(space.n)
+    if isinstance(space, gym.spaces.Box):
+        return int(torch.tensor(space.shape).prod()) if space.shape else 1
+    raise ValueError(f"previous-action input: unsupported action space {space!r}")
+
+
+def encode_action(space: gym.Space, action: torch.Tensor) -> torch.Tensor:
+    """Actions [N, ...] -> float features [N, action_features(space)]."""
+    if isinstance(space, gym.spaces.Discrete):
+        return nn.functional.one_hot(action.long().reshape(-1), int(space.n)).float()
+    return action.reshape(action.shape[0], -1).float()
+
+
+class RecurrentActorCritic(nn.Module):
+    """pi(a | history) and V(history): encoder -> [prev action, prev reward] -> core -> heads.
+
+    ``step(obs, prev_action, prev_reward, state)`` on [N] inputs returns (dist, value [N], new
+    state); ``unroll(obs, prev_action, prev_reward, state, reset)`` on [L, N] inputs returns
+    (dist over the L*N steps in time-major order, value [L*N], final state).
+    """
+
+    recurrent = True
+
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, config):
+        super().__init__()
+        from asyncrl.models.cnn import NatureCNN
+        from asyncrl.models.heads import PolicyHead
+        from asyncrl.models.mlp import MLP, orthogonal_init
+        from asyncrl.models.normalize import RunningNorm
+        from asyncrl.models.policies import FlattenObs, is_image_space
+
+        self.image = is_image_space(obs_space)
+        self.action_space = action_space
+        self.normalizer = None
+        if self.image:
+            self.encoder = orthogonal_init(
+                NatureCNN(obs_space.shape[0], tuple(obs_space.shape[1:]))
+            )
+            self.flatten = None
+        else:
+            self.flatten = FlattenObs(obs_space)
+            d = self.flatten.output_size
+            if config.normalize_obs:
+                if not isinstance(obs_space, gym.spaces.Box):
+                    raise ValueError("normalize_obs needs a Box observation space")
+                self.normalizer = RunningNorm((d,))
+            self.encoder = orthogonal_init(MLP(d, config.hidden_sizes, None, config.activation))
+        feat = self.encoder.output_size
+        self.prev_action = bool(config.core_prev_action)
+        self.prev_reward = bool(config.core_prev_reward)
+        extra = (action_features(action_space) if self.prev_action else 0) + int(self.prev_reward)
+        self.core = RecurrentCore(config.core, feat + extra, config.core_size)
+        self.state_size = self.core.state_size
+        # optional MLPs between the core and each head (RL-Zoo's net_arch after the LSTM)
+        sizes = list(getattr(config, "core_head_sizes", []) or [])
+        self.pi_mlp = orthogonal_init(MLP(config.core_size, sizes, None, config.activation))
+        self.v_mlp = orthogonal_init(MLP(config.core_size, sizes, None, config.activation))
+        self.pi = PolicyHead(self.pi_mlp.output_size, action_space, config.init_log_std)
+        self.v = nn.Linear(self.v_mlp.output_size, 1)
+        nn.init.orthogonal_(self.v.weight, 1.0)
+        nn.init.zeros_(self.v.bias)
+
+    def _encode(self, obs) -> torch.Tensor:
+        if self.image:
+            return self.encoder(obs)
+        x = self.flatten(obs)
+        if self.normalizer is not None:
+            x = self.normalizer(x)
+        return self.encoder(x)
+
+    def _inputs(self, obs, prev_action, prev_reward) -> torch.Tensor:
+        parts = [self._encode(obs)]
+        if self.prev_action:
+            parts.append(encode_action(self.action_space, prev_action))
+        if self.prev_reward:
+            parts.append(prev_reward.reshape(-1, 1).float())
+        return torch.cat(parts, -1) if len(parts) > 1 else parts[0]
+
+    def step(self, obs, prev_action, prev_reward, state):
+        out, state = self.core.step(self._inputs(obs, prev_action, prev_reward), state)
+        return self.pi(self.pi_mlp(out)), self.v(self.v_mlp(out)).squeeze(-1), state
+
+    def unroll(self, obs, prev_action, prev_reward, state, reset=None):
+        """Inputs [L, N, ...] (``obs`` a tree); returns (dist [L*N], value [L*N], state)."""
+        from asyncrl.data import tree_map
+
+        def fold(x):
+            return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+        lead = reset.shape if reset is not None else prev_reward.shape
+        x = self._inputs(tree_map(fold, obs), fold(prev_action), fold(prev_reward))
+        out, state = self.core.unroll(x.reshape(*lead, -1), state, reset)
+        out = fold(out)
+        return self.pi(self.pi_mlp(out)), self.v(self.v_mlp(out)).squeeze(-1), state
