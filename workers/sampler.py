@@ -364,9 +364,16 @@ async def worker_main(args) -> int:
         want_values = info_example is not None and "value" in getattr(info_example, "_fields", ())
         if want_values:
             for g in range(groups):
+                # recurrent: the ends of the last step reset the state now, so the bootstrap
+                # value of an env whose episode ended is the new episode's (as in serial mode)
+                reset = ended[g] if recurrent else None
                 reply = await (
-                    await remote.request(obs_state[g], env_ids[g], what="value", reward=rewards[g])
+                    await remote.request(
+                        obs_state[g], env_ids[g], what="value", reward=rewards[g], reset=reset
+                    )
                 )
+                if recurrent:
+                    ended[g] = None
                 boot[col[g]] = reply.action
             if final and not recurrent:
                 stacked = tree_map(lambda *xs: np.stack(xs), *[o for _, _, o in final])

@@ -134,8 +134,8 @@ class RecurrentPgAgent(Agent):
 
     def observe(self, reward, env_ids) -> None:
         """The rewards of the step just taken (the next step's previous-reward input)."""
-        e = self.envs
-        e.prev_reward[e.of(env_ids)] = np.asarray(reward, np.float32)
+        rows = self.envs.of(env_ids)  # first: it may grow the arrays
+        self.envs.prev_reward[rows] = np.asarray(reward, np.float32)
 
     def on_episode_end(self, done: np.ndarray, env_ids: np.ndarray | None = None) -> None:
         done = np.asarray(done, bool)

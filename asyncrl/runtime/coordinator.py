@@ -856,9 +856,17 @@ class Coordinator:
             )
             self.host.spawn(self._try_send(sock, worker.peer, out, reply))
 
-    def _inference_failed(self, n: int, error: BaseException) -> None:
-        self.dropped_messages += n
-        log.warning("inference failed for %d requests: %s: %s", n, type(error).__name__, error)
+    def _inference_failed(self, keys: list, error: BaseException) -> None:
+        """Requests the inference server could not answer: their workers would wait for the
+        replies for ever, so they are let go (a local one is replaced; one that keeps failing
+        ends the run through the restart limit)."""
+        self.dropped_messages += len(keys)
+        log.warning(
+            "inference failed for %d requests: %s: %s", len(keys), type(error).__name__, error
+        )
+        log.debug("inference failure", exc_info=error)
+        for _sock, worker, _header in keys:
+            self.declare_dead(worker, "its action request failed")
 
     # ------------------------------------------------------------------ status
     def status(self) -> str:

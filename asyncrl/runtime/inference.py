@@ -102,7 +102,7 @@ class InferenceServer:
         try:
             self._apply_params()
         except Exception as e:  # noqa: BLE001 - the thread must live on; the run sees the error
-            self._call_soon(self._failed, 0, e)
+            self._call_soon(self._failed, [], e)
         for what in ("act", "value", "final_value"):
             group = [r for r in batch if r[2] == what]
             if not group:
@@ -110,7 +110,7 @@ class InferenceServer:
             try:
                 answers = self._answer(group, what)
             except Exception as e:  # noqa: BLE001 - one bad request must not stop inference
-                self._call_soon(self._failed, len(group), e)
+                self._call_soon(self._failed, [r[0] for r in group], e)
                 continue
             self._call_soon(self._reply, answers)
 
@@ -138,6 +138,20 @@ class InferenceServer:
             if len(reward) != len(all_ids):
                 raise ProtocolError("ACT_REQUEST: rewards and env ids differ in length")
             observe(reward, all_ids)
+        resets = [getattr(r[1], "reset", None) for r in group]
+        on_episode_end = getattr(agent, "on_episode_end", None)
+        if on_episode_end is not None and any(x is not None for x in resets):
+            mask = np.concatenate(
+                [
+                    np.zeros(n, bool) if x is None else np.asarray(x, bool)
+                    for x, n in zip(resets, sizes)
+                ]
+            )
+            if len(mask) != len(all_ids):
+                raise ProtocolError("ACT_REQUEST: reset mask and env ids differ in length")
+            # per-env exploration (DDPG's OU noise) or recurrent state; a value request may
+            # carry them too (a recurrent bootstrap value is a new episode's where one ended)
+            on_episode_end(mask, all_ids)
         if what in ("value", "final_value"):
             if recurrent:  # from each env's state (final: the one its episode ended with)
                 values = agent.value(all_obs, all_ids, final=what == "final_value")
@@ -149,18 +163,6 @@ class InferenceServer:
             parts = np.split(values, np.cumsum(sizes)[:-1])
             infos = [None] * len(group)
         else:
-            resets = [getattr(r[1], "reset", None) for r in group]
-            on_episode_end = getattr(agent, "on_episode_end", None)
-            if on_episode_end is not None and any(x is not None for x in resets):
-                mask = np.concatenate(
-                    [
-                        np.zeros(n, bool) if x is None else np.asarray(x, bool)
-                        for x, n in zip(resets, sizes)
-                    ]
-                )
-                if len(mask) != len(all_ids):
-                    raise ProtocolError("ACT_REQUEST: reset mask and env ids differ in length")
-                on_episode_end(mask, all_ids)  # per-env exploration state (DDPG's OU noise)
             action, info = agent.step(all_obs, all_ids)
             parts = np.split(action, np.cumsum(sizes)[:-1])
             if info is None:

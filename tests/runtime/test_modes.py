@@ -14,6 +14,7 @@ import torch
 
 import asyncrl
 from asyncrl.algos import ALGOS
+from asyncrl.data import tree_map
 from asyncrl.runners.train import _seed_everything, make_sampler
 from tests.runtime._runtime_helpers import (
     LeakWatch,
@@ -26,10 +27,11 @@ from tests.runtime._runtime_helpers import (
 MODES = ["serial", "parallel", "central", "alternating"]
 
 
-def _collect(mode: str, batches: int = 3):
+def _collect(mode: str, batches: int = 3, extra=()):
     """Samples of ``batches`` batches in ``mode``, perturbing the parameters between batches."""
     cfg = config(
         sets=[
+            *extra,
             f'sampler.mode="{mode}"',
             "sampler.num_envs=8",
             "sampler.workers=2",
@@ -68,6 +70,7 @@ def _collect(mode: str, batches: int = 3):
                         (t, b, np.array(o, copy=True)) for t, b, o in batch.final_observations
                     ],
                     "returns": sorted(batch.episodes.returns),
+                    "info": tree_map(np.copy, s.agent.agent_info),
                     "env_steps": batch.env_steps,
                 }
             )
@@ -112,6 +115,43 @@ def test_same_seed_same_trajectories_as_serial(mode, serial_batches):
     assert not worker_processes(), "worker processes left behind"
     # (a worker's segments may be unlinked by its resource tracker a moment after it exits)
     assert wait_until(lambda: not watch.leaked(), 10), f"segments left behind: {watch.leaked()}"
+
+
+RECURRENT = ['model.core="lstm"', "model.core_size=16", "model.core_prev_action=true",
+             "model.core_prev_reward=true"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def serial_recurrent_batches():
+    return _collect("serial", extra=RECURRENT)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "central", "alternating"])
+def test_the_recurrent_state_flows_as_in_serial(mode, serial_recurrent_batches):
+    """A recurrent agent (LSTM fed the previous action and reward) keeps each env's state in
+    the worker (parallel) or the inference server (central, alternating), resets it at episode
+    ends, and gives the same trajectories, states and values as serial sampling."""
+    batches = _collect(mode, extra=RECURRENT)
+    for i, (a, b) in enumerate(zip(serial_recurrent_batches, batches)):
+        for key in ("observation", "action", "prev_action", "reward", "terminated", "truncated"):
+            np.testing.assert_array_equal(b[key], a[key], err_msg=f"batch {i} {key} ({mode})")
+        assert a["truncated"].any() or i == 0  # time limits: values from the ended state
+        for key in ("value", "log_prob", "rnn_state", "prev_reward"):
+            np.testing.assert_allclose(
+                getattr(b["info"], key), getattr(a["info"], key), rtol=1e-5, atol=1e-5,
+                err_msg=f"batch {i} {key} ({mode})",
+            )  # fmt: skip
+        for key in ("timeout_value", "bootstrap"):
+            np.testing.assert_allclose(
+                b[key], a[key], rtol=1e-5, atol=1e-5, err_msg=f"batch {i} {key} ({mode})"
+            )
+        # the state is reset where an episode began, and carried elsewhere
+        state = a["info"].rnn_state
+        ended = a["terminated"] | a["truncated"]
+        assert (state[1:][ended[:-1]] == 0).all() and np.abs(state[1:][~ended[:-1]]).sum() > 0
+        np.testing.assert_array_equal(
+            a["info"].prev_reward[1:][~ended[:-1]], a["reward"][:-1][~ended[:-1]]
+        )
 
 
 @pytest.mark.learning
