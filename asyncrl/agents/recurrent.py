@@ -28,7 +28,6 @@ import torch
 
 from asyncrl.agents.base import Agent, PerEnvNoise
 from asyncrl.data import namedarraytuple
-from asyncrl.envs.spaces import space_example
 from asyncrl.models.policies import ModelConfig
 from asyncrl.models.recurrent import RecurrentActorCritic
 
@@ -96,7 +95,7 @@ class RecurrentPgAgent(Agent):
         )
         self.noise = PerEnvNoise(seed)
         self.state_size = self.model.state_size
-        self.action_example = space_example(action_space)
+        self.action_example = _action_example(action_space)
         self.envs = EnvStates(self.state_size, self.action_example)
         self.eval_envs = EnvStates(self.state_size, self.action_example)
 
@@ -194,3 +193,12 @@ def _first_leaf(tree):
     while isinstance(tree, tuple):
         tree = next(t for t in tree if t is not None)
     return tree
+
+
+def _action_example(space: gym.Space) -> np.ndarray:
+    """One zero action (what the samplers store: int64 for Discrete, float32 for a Box)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return np.zeros((), np.int64)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return np.zeros(space.shape, np.int64)
+    return np.zeros(space.shape, np.float32)

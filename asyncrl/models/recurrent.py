@@ -160,13 +160,19 @@ class RecurrentActorCritic(nn.Module):
 
     def unroll(self, obs, prev_action, prev_reward, state, reset=None):
         """Inputs [L, N, ...] (``obs`` a tree); returns (dist [L*N], value [L*N], state)."""
-        from asyncrl.data import tree_map
 
         def fold(x):
             return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
         lead = reset.shape if reset is not None else prev_reward.shape
-        x = self._inputs(tree_map(fold, obs), fold(prev_action), fold(prev_reward))
+        x = self._inputs(_map_leaves(fold, obs), fold(prev_action), fold(prev_reward))
         out, state = self.core.unroll(x.reshape(*lead, -1), state, reset)
         out = fold(out)
         return self.pi(self.pi_mlp(out)), self.v(self.v_mlp(out)).squeeze(-1), state
+
+
+def _map_leaves(fn, tree):
+    """``fn`` on every tensor of an observation tree (a namedarraytuple of tensors, or one)."""
+    if isinstance(tree, tuple):
+        return type(tree)(*(None if t is None else _map_leaves(fn, t) for t in tree))
+    return fn(tree)
