@@ -225,18 +225,7 @@ class AsyncRuntimeSampler(RuntimeSampler):
             pending = self._remote_pending.pop(int(header.seq), None)
             if pending is not None:
                 self.remote_steps += pending["steps"]
-                self.reports.put(
-                    LearnerReport(
-                        env_steps=pending["steps"],
-                        returns=pending["returns"],
-                        lengths=pending["lengths"],
-                        info=dict(meta.get("info") or {}),
-                        updates=int(meta.get("updates", 0)),
-                        policy_version=version,
-                        learn_s=float(meta.get("learn_s", 0.0)),
-                        extra={"waits": self.coordinator.flow.waits},
-                    )
-                )
+                self._report(pending["steps"], pending, meta, version)
             self.coordinator.host.spawn(self.coordinator.flow.remote_learned(meta["source"]))
             return
         k = meta.get("slot")
@@ -245,9 +234,14 @@ class AsyncRuntimeSampler(RuntimeSampler):
             return
         k = int(k)
         pending, self._pending[k] = self._pending[k], self._empty_pending()
+        self._report(self.horizon * self.num_envs, pending, meta, version)
+        self.coordinator.host.spawn(self.coordinator.flow.release(k))
+
+    def _report(self, env_steps: int, pending: dict, meta: dict, version: int) -> None:
+        """Queue the report of one learned batch (a learner slot's or a remote worker's)."""
         self.reports.put(
             LearnerReport(
-                env_steps=self.horizon * self.num_envs,
+                env_steps=env_steps,
                 returns=pending["returns"],
                 lengths=pending["lengths"],
                 info=dict(meta.get("info") or {}),
@@ -257,7 +251,6 @@ class AsyncRuntimeSampler(RuntimeSampler):
                 extra={"waits": self.coordinator.flow.waits},
             )
         )
-        self.coordinator.host.spawn(self.coordinator.flow.release(k))
 
     # ------------------------------------------------------------------ the training loop
     def _raise_failure(self) -> None:
