@@ -87,27 +87,37 @@ def _first_leaf(tree):
     return tree
 
 
+def build_encoder(obs_space: gym.Space, config: ModelConfig):
+    """(image?, FlattenObs or None, RunningNorm or None, encoder) for ``obs_space``: the Nature
+    CNN for images, else an MLP of ``config.hidden_sizes`` on the flattened (and, with
+    ``normalize_obs``, normalised) observation; orthogonally initialised."""
+    if is_image_space(obs_space):
+        encoder = NatureCNN(obs_space.shape[0], tuple(obs_space.shape[1:]))
+        return True, None, None, orthogonal_init(encoder)
+    flatten = FlattenObs(obs_space)
+    d = flatten.output_size
+    normalizer = None
+    if config.normalize_obs:
+        if not isinstance(obs_space, gym.spaces.Box):
+            raise ValueError("normalize_obs needs a Box observation space")
+        normalizer = RunningNorm((d,))
+    encoder = orthogonal_init(MLP(d, config.hidden_sizes, None, config.activation))
+    return False, flatten, normalizer, encoder
+
+
 class ActorCritic(nn.Module):
     """pi(a|s) and V(s). Inputs have one leading batch dim; callers fold [T, B] into it."""
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, config: ModelConfig):
         super().__init__()
-        self.image = is_image_space(obs_space)
-        self.normalizer = None
+        self.image, flatten, self.normalizer, self.trunk = build_encoder(obs_space, config)
         if self.image:
-            self.trunk = NatureCNN(obs_space.shape[0], tuple(obs_space.shape[1:]))
-            orthogonal_init(self.trunk)
             self.value_trunk = None
             feat = self.trunk.output_size
             value_feat = feat
         else:
-            self.flatten = FlattenObs(obs_space)
+            self.flatten = flatten
             d = self.flatten.output_size
-            if config.normalize_obs:
-                if not isinstance(obs_space, gym.spaces.Box):
-                    raise ValueError("normalize_obs needs a Box observation space")
-                self.normalizer = RunningNorm((d,))
-            self.trunk = orthogonal_init(MLP(d, config.hidden_sizes, None, config.activation))
             self.value_trunk = (
                 None
                 if config.shared_trunk

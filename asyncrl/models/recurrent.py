@@ -101,28 +101,12 @@ class RecurrentActorCritic(nn.Module):
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, config):
         super().__init__()
-        from asyncrl.models.cnn import NatureCNN
         from asyncrl.models.heads import PolicyHead
         from asyncrl.models.mlp import MLP, orthogonal_init
-        from asyncrl.models.normalize import RunningNorm
-        from asyncrl.models.policies import FlattenObs, is_image_space
+        from asyncrl.models.policies import build_encoder
 
-        self.image = is_image_space(obs_space)
         self.action_space = action_space
-        self.normalizer = None
-        if self.image:
-            self.encoder = orthogonal_init(
-                NatureCNN(obs_space.shape[0], tuple(obs_space.shape[1:]))
-            )
-            self.flatten = None
-        else:
-            self.flatten = FlattenObs(obs_space)
-            d = self.flatten.output_size
-            if config.normalize_obs:
-                if not isinstance(obs_space, gym.spaces.Box):
-                    raise ValueError("normalize_obs needs a Box observation space")
-                self.normalizer = RunningNorm((d,))
-            self.encoder = orthogonal_init(MLP(d, config.hidden_sizes, None, config.activation))
+        self.image, self.flatten, self.normalizer, self.encoder = build_encoder(obs_space, config)
         feat = self.encoder.output_size
         self.prev_action = bool(config.core_prev_action)
         self.prev_reward = bool(config.core_prev_reward)
