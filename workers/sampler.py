@@ -100,7 +100,7 @@ async def worker_main(args) -> int:
     import zmq.asyncio
 
     from asyncrl.algos import ALGOS
-    from asyncrl.configs.config import config_from_dict
+    from asyncrl.configs.config import config_from_dict, is_recurrent
     from asyncrl.data import namedarraytuple, tree_map
     from asyncrl.envs import make_vec_env
     from asyncrl.runtime import (
@@ -299,8 +299,11 @@ async def worker_main(args) -> int:
     # Episode ends on a batch's last step, per group, told with the next batch's first request;
     # at the start every env begins an episode (a replacement worker's envs too).
     ended: list = [np.ones(sizes[g], bool) for g in range(groups)]
-    recurrent = cfg.model.core != "none"
+    recurrent = is_recurrent(cfg)
     rewards: list = [np.zeros(sizes[g], np.float32) if recurrent else None for g in range(groups)]
+
+    # Agents with a value head (policy gradients) bootstrap from values the server computes.
+    want_values = info_example is not None and "value" in getattr(info_example, "_fields", ())
 
     async def collect_central(buf):
         """Central/alternating: each group asks for actions while the other group steps."""
@@ -341,7 +344,7 @@ async def worker_main(args) -> int:
                     )
                 elif done.any():
                     ended[g] = done.copy()  # told with the first request of the next batch
-                if recurrent and fo:
+                if recurrent and fo and want_values:
                     # The value of a time limit's final observation, from the state its episode
                     # ended with: after the reset sent just now (the agent keeps that state),
                     # or, on the batch's last step, before the reset (still the current one).
@@ -361,7 +364,6 @@ async def worker_main(args) -> int:
                 await asyncio.sleep(0)
         # Values for bootstrapping: after the last step and at truncations.
         boot = np.zeros(n_envs, np.float32)
-        want_values = info_example is not None and "value" in getattr(info_example, "_fields", ())
         if want_values:
             for g in range(groups):
                 # recurrent: the ends of the last step reset the state now, so the bootstrap

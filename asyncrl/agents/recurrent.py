@@ -76,9 +76,42 @@ class EnvStates:
         self.prev_reward[rows] = 0
 
 
-class RecurrentPgAgent(Agent):
-    recurrent = True
+class RecurrentEnvs:
+    """What every recurrent agent does with its ``envs`` and ``eval_envs`` (:class:`EnvStates`):
+    take each step's rewards, zero the state of ended episodes, start evaluations afresh."""
 
+    recurrent = True
+    envs: EnvStates
+    eval_envs: EnvStates
+    device: torch.device
+
+    def _t(self, x) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+
+    def observe(self, reward, env_ids) -> None:
+        """The rewards of the step just taken (the next step's previous-reward input)."""
+        rows = self.envs.of(env_ids)  # first: it may grow the arrays
+        self.envs.prev_reward[rows] = np.asarray(reward, np.float32)
+
+    def on_episode_end(self, done: np.ndarray, env_ids: np.ndarray | None = None) -> None:
+        done = np.asarray(done, bool)
+        ids = np.arange(len(done)) if env_ids is None else np.asarray(env_ids)
+        if done.any():
+            self.envs.end(self.envs.of(ids[done]))
+
+    def reset_eval(self) -> None:
+        self.eval_envs = EnvStates(self.envs.state.shape[1], self.envs.action_example)
+
+    def observe_eval(self, reward, ended) -> None:
+        e = self.eval_envs
+        rows = e.of(np.arange(len(ended)))
+        e.prev_reward[rows] = np.asarray(reward, np.float32)
+        ended = np.asarray(ended, bool)
+        if ended.any():
+            e.end(rows[ended])
+
+
+class RecurrentPgAgent(RecurrentEnvs, Agent):
     def __init__(
         self,
         obs_space: gym.Space,
@@ -102,9 +135,6 @@ class RecurrentPgAgent(Agent):
     def info_example(self):
         z = np.zeros((), np.float32)
         return RnnPgInfo(z, z, np.zeros(self.state_size, np.float32), z)
-
-    def _t(self, x) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
 
     # -- acting -------------------------------------------------------------------------
     @torch.no_grad()
@@ -131,17 +161,6 @@ class RecurrentPgAgent(Agent):
         info = RnnPgInfo(value.cpu().numpy(), log_prob.cpu().numpy(), state, prev_reward)
         return action_np, info
 
-    def observe(self, reward, env_ids) -> None:
-        """The rewards of the step just taken (the next step's previous-reward input)."""
-        rows = self.envs.of(env_ids)  # first: it may grow the arrays
-        self.envs.prev_reward[rows] = np.asarray(reward, np.float32)
-
-    def on_episode_end(self, done: np.ndarray, env_ids: np.ndarray | None = None) -> None:
-        done = np.asarray(done, bool)
-        ids = np.arange(len(done)) if env_ids is None else np.asarray(env_ids)
-        if done.any():
-            self.envs.end(self.envs.of(ids[done]))
-
     @torch.no_grad()
     def value(self, obs, env_ids: np.ndarray | None = None, final: bool = False) -> np.ndarray:
         """V of obs [N, ...] from the envs' current states (``final``: from the state their
@@ -158,9 +177,6 @@ class RecurrentPgAgent(Agent):
         return value.cpu().numpy()
 
     # -- evaluation ---------------------------------------------------------------------
-    def reset_eval(self) -> None:
-        self.eval_envs = EnvStates(self.state_size, self.action_example)
-
     @torch.no_grad()
     def act(self, obs, deterministic: bool = True) -> np.ndarray:
         obs_t = self.obs_to_torch(obs)
@@ -175,14 +191,6 @@ class RecurrentPgAgent(Agent):
         e.state[rows] = new_state.cpu().numpy()
         e.prev_action[rows] = action
         return action
-
-    def observe_eval(self, reward, ended) -> None:
-        e = self.eval_envs
-        rows = e.of(np.arange(len(ended)))
-        e.prev_reward[rows] = np.asarray(reward, np.float32)
-        ended = np.asarray(ended, bool)
-        if ended.any():
-            e.end(rows[ended])
 
     def update_normalizer(self, obs_torch) -> None:
         if self.model.normalizer is not None:

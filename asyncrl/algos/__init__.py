@@ -17,6 +17,7 @@ from asyncrl.algos.c51 import C51, C51Config, RainbowConfig
 from asyncrl.algos.ddpg import DDPG, DDPGConfig
 from asyncrl.algos.dqn import DQN, DQNConfig, make_dqn_agent
 from asyncrl.algos.ppo import PPO, PPOConfig
+from asyncrl.algos.r2d1 import R2D1, R2D1Config, make_r2d1_agent
 from asyncrl.algos.sac import SAC, SACConfig, make_sac_agent
 from asyncrl.algos.td3 import TD3, TD3Config, make_td3_agent
 from asyncrl.configs.registry import register_algo_config
@@ -86,6 +87,16 @@ register_algo(
         "Rainbow (C51+double+dueling+PER+n-step+noisy)",
     )
 )
+register_algo(
+    AlgoEntry(
+        "r2d1",
+        R2D1Config,
+        "offpolicy",
+        make_r2d1_agent,
+        R2D1,
+        "Recurrent DQN from sequence replay (R2D2 without distributed actors)",
+    )
+)
 register_algo(AlgoEntry("sac", SACConfig, "offpolicy", make_sac_agent, SAC, "Soft Actor-Critic"))
 register_algo(AlgoEntry("td3", TD3Config, "offpolicy", make_td3_agent, TD3, "Twin Delayed DDPG"))
 register_algo(
@@ -108,6 +119,8 @@ __all__ = [
     "C51Config",
     "DQNConfig",
     "PPOConfig",
+    "R2D1",
+    "R2D1Config",
     "RainbowConfig",
     "register_algo",
     "DDPG",

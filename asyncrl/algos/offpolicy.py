@@ -30,6 +30,16 @@ _MODE_DEPENDENT = (
 _BLOCK_BYTES = 8 << 20
 
 
+def updates_per_env_step(config) -> float:
+    """Gradient updates per env step: ``replay_ratio``, unless the config counts its ratio in
+    other units and says how many updates that is (R2D1: trained sequence steps per env step)."""
+    return float(getattr(config, "updates_per_env_step", config.replay_ratio))
+
+
+def agent_recurrent(agent) -> bool:
+    return bool(getattr(agent, "recurrent", False))
+
+
 class ReplayLearner:
     """What every off-policy learner shares; ``optimize(batch, progress)`` is the runner's entry.
 
@@ -182,7 +192,8 @@ class ReplayLearner:
                 self.replay = self._make_replay(batch)
             self.replay.append(batch.samples, batch.final_observations)
             done = batch.samples.env.terminated[-1] | batch.samples.env.truncated[-1]
-            if hasattr(agent, "on_episode_end") and done.any():
+            # (a recurrent agent's acting copy already zeroed those envs' states)
+            if hasattr(agent, "on_episode_end") and done.any() and not agent_recurrent(agent):
                 agent.on_episode_end(done)  # e.g. restart the OU noise of those envs
         self.env_steps += batch.env_steps
         self._batch_stats = self.schedule(progress)
@@ -195,7 +206,7 @@ class ReplayLearner:
             agent.random_actions = False  # the uniform warm-up (DDPG, TD3, SAC) ends
         if self.prioritized:
             self._replay_stats["per_beta"] = self.replay.anneal_beta(progress)
-        self._update_credit += cfg.replay_ratio * batch.env_steps
+        self._update_credit += updates_per_env_step(cfg) * batch.env_steps
         n_updates = int(self._update_credit + 1e-9)  # 3 * (4 / 3) is 3.9999...: still 4
         self._update_credit -= n_updates
         self.before_updates()

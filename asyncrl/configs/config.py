@@ -452,6 +452,11 @@ def budget_warnings(cfg: TrainConfig) -> list[str]:
 RECURRENT_ALGOS = ("ppo", "a2c", "appo")
 
 
+def is_recurrent(cfg: TrainConfig) -> bool:
+    """Does the run's agent keep a recurrent state (``model.core``, or R2D1's own core)?"""
+    return cfg.model.core != "none" or getattr(cfg.algo_params, "core", "none") != "none"
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check values that types alone do not catch; one-line ConfigError. Cheap: no env is built."""
     from asyncrl.models.mlp import ACTIVATIONS

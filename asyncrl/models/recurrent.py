@@ -11,6 +11,8 @@ Owns layers and the unroll; agents own the per-env state, algorithms the losses.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import gymnasium as gym
 import torch
 from torch import nn
@@ -160,3 +162,81 @@ def _map_leaves(fn, tree):
     if isinstance(tree, tuple):
         return type(tree)(*(None if t is None else _map_leaves(fn, t) for t in tree))
     return fn(tree)
+
+
+@dataclass
+class RecurrentQConfig:
+    """The recurrent Q-network's settings (R2D1's config fills them)."""
+
+    hidden_sizes: list[int] = field(default_factory=list)  # MLP encoder (vector observations)
+    activation: str = "relu"
+    core: str = "lstm"
+    core_size: int = 512
+    core_prev_action: bool = True
+    core_prev_reward: bool = True
+    dueling: bool = True
+    head_hidden: int = 512
+    normalize_obs: bool = False  # not offered: a running normaliser would drift under replay
+
+
+class RecurrentQNetwork(nn.Module):
+    """Q(history, .) for R2D1: encoder -> [prev action, prev reward] -> core -> dueling head.
+
+    ``config`` names ``hidden_sizes, activation, normalize_obs`` (the encoder, as for the
+    actor-critic), ``core, core_size, core_prev_action, core_prev_reward``, ``dueling`` and
+    ``head_hidden`` (units of each head stream's hidden layer, 0: linear). ``step`` on [N]
+    inputs returns (Q [N, A], new state); ``unroll`` on [L, N] inputs (Q [L, N, A], state).
+    """
+
+    recurrent = True
+
+    def __init__(self, obs_space: gym.Space, action_space: gym.Space, config):
+        super().__init__()
+        from asyncrl.models.policies import build_encoder
+
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ValueError(f"R2D1 needs a Discrete action space, got {action_space!r}")
+        self.action_space = action_space
+        self.n_actions = int(action_space.n)
+        self.image, self.flatten, self.normalizer, self.encoder = build_encoder(obs_space, config)
+        feat = self.encoder.output_size
+        self.prev_action = bool(config.core_prev_action)
+        self.prev_reward = bool(config.core_prev_reward)
+        extra = (action_features(action_space) if self.prev_action else 0) + int(self.prev_reward)
+        self.core = RecurrentCore(config.core, feat + extra, config.core_size)
+        self.state_size = self.core.state_size
+        hidden = int(config.head_hidden)
+
+        def stream(out: int) -> nn.Module:
+            if hidden > 0:
+                return nn.Sequential(
+                    nn.Linear(config.core_size, hidden), nn.ReLU(), nn.Linear(hidden, out)
+                )
+            return nn.Linear(config.core_size, out)
+
+        self.advantage = stream(self.n_actions)
+        self.value = stream(1) if config.dueling else None
+
+    _encode = RecurrentActorCritic._encode
+    _inputs = RecurrentActorCritic._inputs
+
+    def _head(self, out: torch.Tensor) -> torch.Tensor:
+        a = self.advantage(out)
+        if self.value is None:
+            return a
+        return self.value(out) + a - a.mean(-1, keepdim=True)  # Wang et al. 2016, eq. 9
+
+    def step(self, obs, prev_action, prev_reward, state):
+        out, state = self.core.step(self._inputs(obs, prev_action, prev_reward), state)
+        return self._head(out), state
+
+    def unroll(self, obs, prev_action, prev_reward, state, reset=None):
+        """Inputs [L, N, ...] (``obs`` a tree) -> (Q [L, N, A], state after the last step)."""
+
+        def fold(x):
+            return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+        lead = prev_reward.shape
+        x = self._inputs(_map_leaves(fold, obs), fold(prev_action), fold(prev_reward))
+        out, state = self.core.unroll(x.reshape(*lead, -1), state, reset)
+        return self._head(out), state

@@ -87,7 +87,11 @@ def async_loop(run: Run, sampler) -> TrainResult:
             return None
         steps_from, updates_from = state["ratio_from"]
         learned = run.env_steps - steps_from
-        return round((state["updates"] - updates_from) / learned, 4) if learned > 0 else None
+        if learned <= 0:
+            return None
+        # in the setting's unit (R2D1 counts trained sequence steps, not updates)
+        unit = params.replay_ratio / getattr(params, "updates_per_env_step", params.replay_ratio)
+        return round((state["updates"] - updates_from) * unit / learned, 4)
 
     def columns() -> dict:
         counters = sampler.counters() if hasattr(sampler, "counters") else {}
