@@ -27,9 +27,10 @@ from tests.runtime._runtime_helpers import (
 MODES = ["serial", "parallel", "central", "alternating"]
 
 
-def _collect(mode: str, batches: int = 3, extra=()):
+def _collect(mode: str, batches: int = 3, extra=(), algo: str = "ppo"):
     """Samples of ``batches`` batches in ``mode``, perturbing the parameters between batches."""
     cfg = config(
+        algo,
         sets=[
             *extra,
             f'sampler.mode="{mode}"',
@@ -39,14 +40,16 @@ def _collect(mode: str, batches: int = 3, extra=()):
             "seed=7",
             # short episodes, so truncations (final observations, timeout values) happen
             "env.max_episode_steps=12",
-        ]
+        ],
     )
     _seed_everything(cfg.seed)
     sampler = make_sampler(cfg)
-    agent = ALGOS["ppo"].make_agent(
+    agent = ALGOS[algo].make_agent(
         sampler.obs_space, sampler.action_space, cfg.model, "cpu", cfg.algo_params
     )
     agent.eval_mode()
+    if hasattr(agent, "epsilon"):
+        agent.epsilon = 0.3  # mostly greedy: the actions depend on the state
     out = []
     gen = torch.Generator().manual_seed(123)  # the same parameter changes in every mode
     try:
@@ -62,8 +65,6 @@ def _collect(mode: str, batches: int = 3, extra=()):
                     "reward": s.env.reward.copy(),
                     "terminated": s.env.terminated.copy(),
                     "truncated": s.env.truncated.copy(),
-                    "value": s.agent.agent_info.value.copy(),
-                    "log_prob": s.agent.agent_info.log_prob.copy(),
                     "timeout_value": s.env.env_info.timeout_value.copy(),
                     "bootstrap": np.array(batch.bootstrap_value, copy=True),
                     "finals": [
@@ -103,7 +104,12 @@ def test_same_seed_same_trajectories_as_serial(mode, serial_batches):
         # batches of different sizes (B envs serially, M per worker in parallel, requests
         # from several workers stacked in central mode); BLAS then sums in another order and
         # results differ in the last bits (~1e-6), so these are compared with a tolerance.
-        for key in ("value", "log_prob", "timeout_value", "bootstrap"):
+        for key in ("value", "log_prob"):
+            np.testing.assert_allclose(
+                getattr(b["info"], key), getattr(a["info"], key), rtol=1e-5, atol=1e-5,
+                err_msg=f"batch {i} {key} ({mode})",
+            )  # fmt: skip
+        for key in ("timeout_value", "bootstrap"):
             np.testing.assert_allclose(
                 b[key], a[key], rtol=1e-5, atol=1e-5, err_msg=f"batch {i} {key} ({mode})"
             )
@@ -152,6 +158,34 @@ def test_the_recurrent_state_flows_as_in_serial(mode, serial_recurrent_batches):
         np.testing.assert_array_equal(
             a["info"].prev_reward[1:][~ended[:-1]], a["reward"][:-1][~ended[:-1]]
         )
+
+
+R2D1 = ["r2d1.core_size=16", "r2d1.hidden_sizes=[16]", "r2d1.head_hidden=16"]
+
+
+@pytest.fixture(scope="module")
+def serial_r2d1_batches():
+    return _collect("serial", extra=R2D1, algo="r2d1")
+
+
+@pytest.mark.parametrize("mode", ["parallel", "central", "alternating"])
+def test_the_r2d1_state_flows_as_in_serial(mode, serial_r2d1_batches):
+    """R2D1's agent (an LSTM fed the previous action and reward, epsilon-greedy from each env's
+    own stream) keeps each env's state where inference runs and acts as in serial sampling;
+    it has no value head, so the central workers ask for no values."""
+    batches = _collect(mode, extra=R2D1, algo="r2d1")
+    for i, (a, b) in enumerate(zip(serial_r2d1_batches, batches)):
+        for key in ("observation", "action", "prev_action", "reward", "terminated", "truncated"):
+            np.testing.assert_array_equal(b[key], a[key], err_msg=f"batch {i} {key} ({mode})")
+        for key in ("rnn_state", "prev_reward"):
+            np.testing.assert_allclose(
+                getattr(b["info"], key), getattr(a["info"], key), rtol=1e-5, atol=1e-5,
+                err_msg=f"batch {i} {key} ({mode})",
+            )  # fmt: skip
+        assert (b["bootstrap"] == 0).all()
+        state = a["info"].rnn_state
+        ended = a["terminated"] | a["truncated"]
+        assert (state[1:][ended[:-1]] == 0).all() and np.abs(state[1:][~ended[:-1]]).sum() > 0
 
 
 @pytest.mark.learning
