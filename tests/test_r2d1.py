@@ -196,3 +196,26 @@ def test_n_step_targets_by_hand():
     # env 1: t=0: 10 + 0.5*20 + 0.25*V(2); t=1, t=2: their windows end at the time limit
     assert y[0, 1].item() == pytest.approx(20 + 0.25 * next_v[2, 1].item())
     assert valid.tolist() == [[True, True], [True, False], [True, False]]
+
+
+def test_remote_sources_get_sequence_rings_of_their_own():
+    """Asynchronous runs with remote workers: each source's steps go to a sibling ring of the
+    same kind, a minibatch mixes the sources, and priority updates find their ring."""
+    from asyncrl.replay.sources import SOURCE_SHIFT, SourcedReplay
+
+    agent = _agent()
+    buf, final = _collect(agent, 60, 2)
+    remote, remote_final = _collect(agent, 60, 3, seed=5)
+    primary = PrioritizedSequenceReplay(
+        buf[0, 0], 400, 2, n_step=2, sequence_length=8, burn_in=4, overlap=4, seed=0
+    )
+    replay = SourcedReplay(primary)
+    replay.append(buf, final)
+    replay.append(remote, remote_final, source="remote-1")
+    assert len(replay) == len(primary) * 5 // 2  # 3 envs beside 2, same history
+    s = replay.sample(64, np.random.default_rng(0))
+    assert s.observation.shape == (64, primary.window, 2)
+    sources = s.indices >> SOURCE_SHIFT
+    assert set(sources.tolist()) == {0, 1}
+    replay.update_priorities(s.indices, np.full(64, 5.0))
+    assert replay.sources["remote-1"].max_priority == pytest.approx((5.0 + 1e-6) ** 0.9)
