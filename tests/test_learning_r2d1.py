@@ -99,3 +99,23 @@ def test_r2d1_atari_smoke(mode, asynchronous, tmp_path):
     agent.reset_eval()
     action = agent.act(obs)
     assert action.shape == (3,) and (action < 6).all()
+
+
+def test_r2d1_resume_continues_its_sequence_replay(tmp_path):
+    sets = ["steps=2000", "r2d1.learning_starts=500", "log.eval_every=-1",
+            "log.checkpoint_every=1000", "seed=1"]  # fmt: skip
+    cfg, result, rows = _train("asyncrl/CartPoleNoVel-v1", tmp_path, sets)
+    per_step = cfg.algo_params.updates_per_env_step  # 16 trained steps / (32 x 20) = 0.025
+    ckpt = load_checkpoint(list_checkpoints(tmp_path)[-1])
+    updates = ckpt["algo"]["updates"]
+    assert abs(updates - (result.env_steps - 500) * per_step) <= 1
+    replay = ckpt["algo"]["replay"]
+    assert any(k.startswith("starts") for k in replay)  # the stored start states
+    assert any(k.startswith("tree") for k in replay)  # the sequence priorities
+    resumed = asyncrl.train(resume=tmp_path, steps=3000)
+    ckpt = load_checkpoint(list_checkpoints(tmp_path)[-1])
+    # no refill wait after the resume: the replay came back with the checkpoint
+    assert abs(ckpt["algo"]["updates"] - (resumed.env_steps - 500) * per_step) <= 1
+    with open(tmp_path / "progress.csv", newline="") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert math.isfinite(float(last["loss"]))
