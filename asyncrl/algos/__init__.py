@@ -62,6 +62,11 @@ register_algo(
     AlgoEntry("ppo", PPOConfig, "onpolicy", _pg_agent, PPO, "Proximal Policy Optimization")
 )
 register_algo(
+    AlgoEntry(
+        "ppo_lstm", PPOConfig, "onpolicy", _pg_agent, PPO, "PPO with an LSTM core (model.core)"
+    )
+)
+register_algo(
     AlgoEntry("appo", APPOConfig, "onpolicy", _pg_agent, APPO, "Asynchronous PPO (V-trace targets)")
 )
 register_algo(

@@ -449,7 +449,7 @@ def budget_warnings(cfg: TrainConfig) -> list[str]:
 
 
 # The algorithms whose agent takes ``model.core`` (a recurrent actor-critic).
-RECURRENT_ALGOS = ("ppo", "a2c", "appo")
+RECURRENT_ALGOS = ("ppo", "ppo_lstm", "a2c", "appo")
 
 
 def is_recurrent(cfg: TrainConfig) -> bool:
@@ -522,6 +522,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"model.core={m.core!r}: {cfg.algo} has no recurrent variant (recurrent: "
             f"{', '.join(RECURRENT_ALGOS)})"
+        )
+    if cfg.algo == "ppo_lstm" and m.core == "none":
+        raise ConfigError(
+            'ppo_lstm needs a recurrent core: model.core = "lstm" or "gru" (or train ppo for a '
+            "feed-forward PPO)"
         )
     _env_family(cfg.env)  # the id exists (a --set env.id or a hand-edited config.toml)
     check = getattr(cfg.algo_params, "validate", None)
