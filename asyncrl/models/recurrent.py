@@ -146,15 +146,22 @@ class RecurrentActorCritic(nn.Module):
 
     def unroll(self, obs, prev_action, prev_reward, state, reset=None):
         """Inputs [L, N, ...] (``obs`` a tree); returns (dist [L*N], value [L*N], state)."""
-
-        def fold(x):
-            return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-        lead = reset.shape if reset is not None else prev_reward.shape
-        x = self._inputs(_map_leaves(fold, obs), fold(prev_action), fold(prev_reward))
-        out, state = self.core.unroll(x.reshape(*lead, -1), state, reset)
-        out = fold(out)
+        out, state = unroll_core(self, obs, prev_action, prev_reward, state, reset)
+        out = _fold(out)
         return self.pi(self.pi_mlp(out)), self.v(self.v_mlp(out)).squeeze(-1), state
+
+
+def _fold(x: torch.Tensor) -> torch.Tensor:
+    """[L, N, ...] -> [L * N, ...] (time-major)."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def unroll_core(model, obs, prev_action, prev_reward, state, reset):
+    """A recurrent model's core over [L, N] inputs: the encoder and extra inputs on all L * N
+    steps at once, then the core's unroll -> (outputs [L, N, H], state after the last step)."""
+    lead = prev_reward.shape
+    x = model._inputs(_map_leaves(_fold, obs), _fold(prev_action), _fold(prev_reward))
+    return model.core.unroll(x.reshape(*lead, -1), state, reset)
 
 
 def _map_leaves(fn, tree):
@@ -232,11 +239,5 @@ class RecurrentQNetwork(nn.Module):
 
     def unroll(self, obs, prev_action, prev_reward, state, reset=None):
         """Inputs [L, N, ...] (``obs`` a tree) -> (Q [L, N, A], state after the last step)."""
-
-        def fold(x):
-            return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
-
-        lead = prev_reward.shape
-        x = self._inputs(_map_leaves(fold, obs), fold(prev_action), fold(prev_reward))
-        out, state = self.core.unroll(x.reshape(*lead, -1), state, reset)
+        out, state = unroll_core(self, obs, prev_action, prev_reward, state, reset)
         return self._head(out), state

@@ -29,31 +29,17 @@ from asyncrl.replay.sum_tree import SumTree
 from asyncrl.replay.uniform import UniformReplay
 
 
-class PrioritizedReplay(UniformReplay):
-    """Proportional prioritized replay with n-step returns.
+class Priorities:
+    """The priority state every prioritized buffer here shares (transitions, sequences): the sum
+    tree over its leaves, alpha, the beta schedule, the largest priority, and their place in
+    ``_init_args``, ``_config`` and the state dict. Mixed in before the buffer class, which
+    calls :meth:`_init_priorities` once its own layout is known."""
 
-    Args (besides :class:`UniformReplay`'s ``example_transition, size, n_envs, discount,
-    n_step, seed``):
-        alpha: priority exponent (0 = uniform); 0.6 in Schaul et al., 0.5 in Rainbow.
-        beta: initial importance-sampling exponent; 0.4 in both papers.
-        beta_final: beta at ``anneal_beta(1.0)``; 1.0 (full correction) at the end of training.
-        priority_eps: added to |TD error| so no transition gets priority zero.
-    """
+    tree: SumTree
 
-    def __init__(
-        self,
-        example_transition: Any,
-        size: int,
-        n_envs: int,
-        discount: float = 0.99,
-        n_step: int = 1,
-        alpha: float = 0.6,
-        beta: float = 0.4,
-        beta_final: float = 1.0,
-        priority_eps: float = 1e-6,
-        seed: int | None = None,
-    ):
-        super().__init__(example_transition, size, n_envs, discount, n_step, seed)
+    def _init_priorities(
+        self, leaves: int, alpha: float, beta: float, beta_final: float, priority_eps: float
+    ) -> None:
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if priority_eps <= 0:
@@ -64,7 +50,7 @@ class PrioritizedReplay(UniformReplay):
         self.beta = float(beta)
         self.priority_eps = float(priority_eps)
         self.max_priority = 1.0  # of p^alpha
-        self.tree = SumTree(self.rows * self.n_envs)
+        self.tree = SumTree(leaves)
         self._envs = np.arange(self.n_envs)
 
     def anneal_beta(self, progress: float) -> float:
@@ -73,34 +59,14 @@ class PrioritizedReplay(UniformReplay):
         self.beta = self.beta_initial + progress * (self.beta_final - self.beta_initial)
         return self.beta
 
-    def append(self, samples: Any, final_observation: Any = None) -> None:
-        old_lo, old_hi = self.valid_range()
-        super().append(samples, final_observation)
-        new_lo, new_hi = self.valid_range()
-        # Steps whose n-step window just completed enter at the largest priority; steps that left
-        # the sampleable window (overwritten, or lost their frame history) go to zero, except
-        # where their row now holds an entering step (times >= new_hi - rows share no row).
-        entered = np.arange(max(old_hi, new_lo), new_hi)
-        left = np.arange(max(old_lo, new_hi - self.rows), min(new_lo, old_hi))
-        if len(left) or len(entered):
-            rows = np.concatenate([left, entered]) % self.rows
-            leaves = (rows[:, None] * self.n_envs + self._envs).ravel()
-            priority = np.repeat([0.0, self.max_priority], [len(left), len(entered)])
-            self.tree.assign(leaves, np.repeat(priority, self.n_envs))
-
-    def sample(
-        self, batch_size: int, rng: np.random.Generator | None = None, out: Any = None
-    ) -> Any:
-        """A :data:`ReplaySample` drawn with probability proportional to priority, with weights
-        (``rng`` and ``out`` as in :meth:`UniformReplay.sample`)."""
-        rng = self.rng if rng is None else rng
-        self._require(batch_size)
+    def _draw(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(leaf indices, importance weights float32) of ``batch_size`` draws in proportion to
+        priority; weights (N P(i))^-beta normalised by the batch's largest, N = ``len(self)``."""
         indices, priorities = self.tree.sample(batch_size, rng)
         probabilities = priorities / self.tree.total
         weights = (len(self) * probabilities) ** -self.beta
         weights /= weights.max()
-        time, env = self._time_env(indices)
-        return self._batch(time, env, weights.astype(np.float32), out)
+        return indices, weights.astype(np.float32)
 
     def update_priorities(self, indices: Any, td_errors: Any) -> None:
         """Set p = (|td_error| + eps)^alpha for sampled ``indices`` (numpy or torch).
@@ -157,6 +123,60 @@ class PrioritizedReplay(UniformReplay):
         self.beta = float(meta["beta"])
         self.beta_initial = float(meta["beta_initial"])
         self.beta_final = float(meta["beta_final"])
+
+
+class PrioritizedReplay(Priorities, UniformReplay):
+    """Proportional prioritized replay with n-step returns.
+
+    Args (besides :class:`UniformReplay`'s ``example_transition, size, n_envs, discount,
+    n_step, seed``):
+        alpha: priority exponent (0 = uniform); 0.6 in Schaul et al., 0.5 in Rainbow.
+        beta: initial importance-sampling exponent; 0.4 in both papers.
+        beta_final: beta at ``anneal_beta(1.0)``; 1.0 (full correction) at the end of training.
+        priority_eps: added to |TD error| so no transition gets priority zero.
+    """
+
+    def __init__(
+        self,
+        example_transition: Any,
+        size: int,
+        n_envs: int,
+        discount: float = 0.99,
+        n_step: int = 1,
+        alpha: float = 0.6,
+        beta: float = 0.4,
+        beta_final: float = 1.0,
+        priority_eps: float = 1e-6,
+        seed: int | None = None,
+    ):
+        super().__init__(example_transition, size, n_envs, discount, n_step, seed)
+        self._init_priorities(self.rows * self.n_envs, alpha, beta, beta_final, priority_eps)
+
+    def append(self, samples: Any, final_observation: Any = None) -> None:
+        old_lo, old_hi = self.valid_range()
+        super().append(samples, final_observation)
+        new_lo, new_hi = self.valid_range()
+        # Steps whose n-step window just completed enter at the largest priority; steps that left
+        # the sampleable window (overwritten, or lost their frame history) go to zero, except
+        # where their row now holds an entering step (times >= new_hi - rows share no row).
+        entered = np.arange(max(old_hi, new_lo), new_hi)
+        left = np.arange(max(old_lo, new_hi - self.rows), min(new_lo, old_hi))
+        if len(left) or len(entered):
+            rows = np.concatenate([left, entered]) % self.rows
+            leaves = (rows[:, None] * self.n_envs + self._envs).ravel()
+            priority = np.repeat([0.0, self.max_priority], [len(left), len(entered)])
+            self.tree.assign(leaves, np.repeat(priority, self.n_envs))
+
+    def sample(
+        self, batch_size: int, rng: np.random.Generator | None = None, out: Any = None
+    ) -> Any:
+        """A :data:`ReplaySample` drawn with probability proportional to priority, with weights
+        (``rng`` and ``out`` as in :meth:`UniformReplay.sample`)."""
+        rng = self.rng if rng is None else rng
+        self._require(batch_size)
+        indices, weights = self._draw(batch_size, rng)
+        time, env = self._time_env(indices)
+        return self._batch(time, env, weights, out)
 
 
 class PrioritizedFrameReplay(PrioritizedReplay):

@@ -37,9 +37,8 @@ import numpy as np
 
 from asyncrl.data import buffer_from_example, namedarraytuple, tree_map
 from asyncrl.replay.frame import FrameObservations
-from asyncrl.replay.prioritized import PrioritizedReplay
-from asyncrl.replay.state import from_json_array, json_array, load_tree, tree_state
-from asyncrl.replay.sum_tree import SumTree
+from asyncrl.replay.prioritized import Priorities
+from asyncrl.replay.state import load_tree, tree_state
 from asyncrl.replay.uniform import UniformReplay
 
 SequenceSample = namedarraytuple(
@@ -269,7 +268,7 @@ class SequenceReplay(UniformReplay):
         load_tree("starts", self.starts, state)
 
 
-class PrioritizedSequenceReplay(SequenceReplay):
+class PrioritizedSequenceReplay(Priorities, SequenceReplay):
     """:class:`SequenceReplay` drawing sequences in proportion to their priority (module
     docstring); ``alpha``, ``beta``, ``beta_final``, ``priority_eps`` as for
     :class:`PrioritizedReplay` (R2D2: alpha 0.9, beta 0.6)."""
@@ -294,20 +293,7 @@ class PrioritizedSequenceReplay(SequenceReplay):
             example_transition, size, n_envs, discount, n_step, sequence_length, burn_in,
             overlap, seed,
         )  # fmt: skip
-        if alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {alpha}")
-        if priority_eps <= 0:
-            raise ValueError(f"priority_eps must be > 0, got {priority_eps}")
-        self.alpha, self.priority_eps = float(alpha), float(priority_eps)
-        self.beta_initial, self.beta_final, self.beta = float(beta), float(beta_final), float(beta)
-        self.max_priority = 1.0
-        self.tree = SumTree(self.slots * self.n_envs)
-        self._envs = np.arange(self.n_envs)
-
-    # The same schedule and priority rule as transition replay (plain functions of the
-    # attributes set above).
-    anneal_beta = PrioritizedReplay.anneal_beta
-    update_priorities = PrioritizedReplay.update_priorities
+        self._init_priorities(self.slots * self.n_envs, alpha, beta, beta_final, priority_eps)
 
     def append(self, samples: Any, final_observation: Any = None) -> None:
         old_first, old_end = self.start_range()
@@ -328,39 +314,9 @@ class PrioritizedSequenceReplay(SequenceReplay):
     ) -> Any:
         rng = self.rng if rng is None else rng
         self._require(batch_size)
-        indices, priorities = self.tree.sample(batch_size, rng)
-        weights = (len(self) * priorities / self.tree.total) ** -self.beta
-        weights /= weights.max()
+        indices, weights = self._draw(batch_size, rng)
         start, env = self._time_env(indices)
-        return self._batch(start, env, weights.astype(np.float32), out)
-
-    @property
-    def nbytes(self) -> int:
-        return super().nbytes + self.tree.nbytes
-
-    def _init_args(self) -> dict:
-        return {
-            **super()._init_args(),
-            "alpha": self.alpha,
-            "beta": self.beta_initial,
-            "beta_final": self.beta_final,
-            "priority_eps": self.priority_eps,
-        }
-
-    def _config(self) -> dict:
-        return {**super()._config(), "alpha": self.alpha, "priority_eps": self.priority_eps}
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        state = super().state_dict()
-        state.update(self.tree.state_dict("tree"))
-        state["priority_meta"] = json_array({"max_priority": self.max_priority, "beta": self.beta})
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.tree.load_state_dict(state, "tree")
-        meta = from_json_array(state["priority_meta"])
-        self.max_priority, self.beta = float(meta["max_priority"]), float(meta["beta"])
+        return self._batch(start, env, weights, out)
 
 
 class FrameSequenceReplay(SequenceReplay):
