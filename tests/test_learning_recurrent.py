@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import asyncrl
@@ -49,43 +48,3 @@ def test_recurrent_a2c_and_appo_train_on_the_masked_cartpole(algo, tmp_path):
     result = asyncrl.train(cfg)
     assert result.env_steps >= 4096 and result.eval_return_mean > 0
     assert type(result.agent).__name__ == "RecurrentPgAgent"
-
-
-def test_ppo_lstm_presets():
-    atari = asyncrl.resolve_config("ppo_lstm", "ALE/Pong-v5")
-    assert atari.preset == "ppo_lstm_atari"
-    assert (atari.model.core, atari.model.core_size, atari.env.frame_stack) == ("lstm", 128, 1)
-    p = atari.algo_params  # CleanRL's ppo_atari_lstm.py
-    assert (p.learning_rate, p.clip_range, p.epochs, p.minibatches, p.sequence_length) == (
-        2.5e-4, 0.1, 4, 4, 0,
-    )  # fmt: skip
-    assert (atari.sampler.num_envs, atari.sampler.horizon) == (8, 128)
-    classic = asyncrl.resolve_config("ppo_lstm", ENV)
-    assert classic.preset == "ppo_lstm_classic" and classic.model.core == "lstm"
-    with pytest.raises(asyncrl.ConfigError, match="ppo_lstm needs a recurrent core"):
-        asyncrl.resolve_config("ppo_lstm", ENV, sets=['model.core="none"'])
-
-
-@pytest.mark.parametrize(
-    "mode,asynchronous",
-    [("serial", False), ("parallel", False), ("central", False), ("alternating", False),
-     ("central", True)],
-)  # fmt: skip
-def test_recurrent_ppo_atari_smoke(mode, asynchronous, tmp_path):
-    pytest.importorskip("ale_py")
-    sets = [
-        f'run_dir="{tmp_path}"', *QUIET, "steps=512", "sampler.num_envs=4", "sampler.horizon=32",
-        "ppo_lstm.epochs=1", "ppo_lstm.minibatches=2", "model.core_size=32", "log.eval_every=-1",
-        f'sampler.mode="{mode}"', f"sampler.asynchronous={str(asynchronous).lower()}",
-    ]  # fmt: skip
-    if mode != "serial":
-        sets.append("sampler.workers=2")
-    cfg = asyncrl.resolve_config("ppo_lstm", "ALE/Pong-v5", sets=sets)
-    assert cfg.preset == "ppo_lstm_atari"
-    result = asyncrl.train(cfg)
-    assert result.env_steps >= 512
-    with open(tmp_path / "progress.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert int(rows[-1]["env_steps"]) >= 512
-    losses = [float(r["policy_loss"]) for r in rows if r.get("policy_loss")]
-    assert losses and all(np.isfinite(losses))

@@ -317,6 +317,7 @@ def _build(
         env=EnvSpec(id=env_id, imports=list(imports or [])),
         algo_params=ALGO_CONFIGS[algo].config_cls(),
     )
+    cfg.model.core = DEFAULT_CORE_OF.get(algo, cfg.model.core)
     for name, path in presets:
         apply_toml_dict(cfg, _load_toml(path), f"preset {name}")
     if file_dict:
@@ -450,6 +451,8 @@ def budget_warnings(cfg: TrainConfig) -> list[str]:
 
 # The algorithms whose agent takes ``model.core`` (a recurrent actor-critic).
 RECURRENT_ALGOS = ("ppo", "ppo_lstm", "a2c", "appo")
+# Recurrent by name: their ``model.core`` default (below every preset, so any env family gets it).
+DEFAULT_CORE_OF = {"ppo_lstm": "lstm"}
 
 
 def is_recurrent(cfg: TrainConfig) -> bool:
