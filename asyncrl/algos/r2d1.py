@@ -34,6 +34,7 @@ from asyncrl.agents.r2d1 import R2d1Agent
 from asyncrl.algos.dqn import DQN
 from asyncrl.models.policies import is_image_space
 from asyncrl.models.recurrent import CORES, RecurrentQConfig
+from asyncrl.replay.sources import SourcedReplay, holds_sources
 
 
 def value_rescale(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
@@ -178,6 +179,8 @@ class R2D1(DQN):
             cls = FrameSequenceReplay if frames else SequenceReplay
         replay = cls(batch.samples[0, 0], cfg.buffer_size, n_envs, **kwargs)
         if self._pending_replay_state is not None:
+            if holds_sources(self._pending_replay_state):  # saved with remote sources' rings
+                replay = SourcedReplay(replay, self.source_envs_limit)
             replay.load_state_dict(self._pending_replay_state)
             self._pending_replay_state = None
         return replay
