@@ -105,16 +105,9 @@ class RecurrentActorCritic(nn.Module):
         super().__init__()
         from asyncrl.models.heads import PolicyHead
         from asyncrl.models.mlp import MLP, orthogonal_init
-        from asyncrl.models.policies import build_encoder
 
         self.action_space = action_space
-        self.image, self.flatten, self.normalizer, self.encoder = build_encoder(obs_space, config)
-        feat = self.encoder.output_size
-        self.prev_action = bool(config.core_prev_action)
-        self.prev_reward = bool(config.core_prev_reward)
-        extra = (action_features(action_space) if self.prev_action else 0) + int(self.prev_reward)
-        self.core = RecurrentCore(config.core, feat + extra, config.core_size)
-        self.state_size = self.core.state_size
+        build_core(self, obs_space, action_space, config)
         # optional MLPs between the core and each head (RL-Zoo's net_arch after the LSTM)
         sizes = list(getattr(config, "core_head_sizes", []) or [])
         self.pi_mlp = orthogonal_init(MLP(config.core_size, sizes, None, config.activation))
@@ -149,6 +142,21 @@ class RecurrentActorCritic(nn.Module):
         out, state = unroll_core(self, obs, prev_action, prev_reward, state, reset)
         out = _fold(out)
         return self.pi(self.pi_mlp(out)), self.v(self.v_mlp(out)).squeeze(-1), state
+
+
+def build_core(model: nn.Module, obs_space: gym.Space, action_space: gym.Space, config) -> None:
+    """The encoder and the core of a recurrent model (actor-critic or Q-network), set on
+    ``model`` in this order: ``image, flatten, normalizer, encoder``, ``prev_action``,
+    ``prev_reward`` (the extra inputs' flags), ``core`` and ``state_size``."""
+    from asyncrl.models.policies import build_encoder
+
+    model.image, model.flatten, model.normalizer, model.encoder = build_encoder(obs_space, config)
+    feat = model.encoder.output_size
+    model.prev_action = bool(config.core_prev_action)
+    model.prev_reward = bool(config.core_prev_reward)
+    extra = (action_features(action_space) if model.prev_action else 0) + int(model.prev_reward)
+    model.core = RecurrentCore(config.core, feat + extra, config.core_size)
+    model.state_size = model.core.state_size
 
 
 def _fold(x: torch.Tensor) -> torch.Tensor:
@@ -199,19 +207,11 @@ class RecurrentQNetwork(nn.Module):
 
     def __init__(self, obs_space: gym.Space, action_space: gym.Space, config):
         super().__init__()
-        from asyncrl.models.policies import build_encoder
-
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ValueError(f"R2D1 needs a Discrete action space, got {action_space!r}")
         self.action_space = action_space
         self.n_actions = int(action_space.n)
-        self.image, self.flatten, self.normalizer, self.encoder = build_encoder(obs_space, config)
-        feat = self.encoder.output_size
-        self.prev_action = bool(config.core_prev_action)
-        self.prev_reward = bool(config.core_prev_reward)
-        extra = (action_features(action_space) if self.prev_action else 0) + int(self.prev_reward)
-        self.core = RecurrentCore(config.core, feat + extra, config.core_size)
-        self.state_size = self.core.state_size
+        build_core(self, obs_space, action_space, config)
         hidden = int(config.head_hidden)
 
         def stream(out: int) -> nn.Module:
