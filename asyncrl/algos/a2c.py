@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from asyncrl.algos import ddp
 from asyncrl.algos.optim import clip_grad_norm
 from asyncrl.algos.pg_batch import annealed, pg_batch, set_learning_rate
 from asyncrl.algos.sequences import RecurrentInputs, make_chunks
@@ -61,14 +62,16 @@ class A2C:
             done = samples.env.terminated | samples.env.truncated
             chunks = make_chunks(done, 0, agent.device)  # [T * B] in the order of `data`
             dist, value = RecurrentInputs.of(samples, agent.device).unroll(agent.model, chunks)
-        else:
-            dist, value = agent.model(obs)
+        else:  # data-parallel learners: each its share (normalised over the whole batch above)
+            obs_mb, action, adv_t, ret_t = (ddp.shard(x) for x in (obs, action, adv_t, ret_t))
+            dist, value = agent.model(obs_mb)
         policy_loss = -(adv_t * dist.log_prob(action)).mean()
         value_loss = 0.5 * (value - ret_t).pow(2).mean()
         entropy = dist.entropy().mean()
         loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        ddp.reduce_gradients(list(agent.model.parameters()))
         if cfg.max_grad_norm > 0:
             clip_grad_norm(list(agent.model.parameters()), cfg.max_grad_norm)
         self.optimizer.step()

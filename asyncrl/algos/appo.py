@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from asyncrl.algos import ddp
 from asyncrl.algos.clipped import clipped_step, mean_stats, new_stats
 from asyncrl.algos.optim import make_adam
 from asyncrl.algos.pg_batch import (
@@ -166,7 +167,7 @@ class APPO:
             else:
                 perm = torch.randperm(n, generator=self.generator).to(dev)
                 for start in range(0, n - mb_size + 1, mb_size):
-                    idx = perm[start : start + mb_size]
+                    idx = ddp.shard(perm[start : start + mb_size])  # data-parallel: a share
                     dist, value = agent.model(tree_map(lambda x, i=idx: x[i], obs))
                     stop = clipped_step(
                         self, cfg, clip, dist, value, action[idx], behaviour_logp[idx], adv[idx],
@@ -188,7 +189,7 @@ class APPO:
         log-probs, advantages, V-trace targets and the anchor values as [T, B]."""
         perm = torch.randperm(chunks.count, generator=self.generator).to(action.device)
         for start in range(0, chunks.count - per_mb + 1, per_mb):
-            mb = chunks.select(perm[start : start + per_mb])
+            mb = chunks.select(ddp.shard_chunks(perm[start : start + per_mb]))
             dist, value = inputs.unroll(self.agent.model, mb)
             logp, adv, vs, anchor = (mb.flat(x) for x in tb)
             if clipped_step(

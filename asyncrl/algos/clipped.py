@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from asyncrl.algos import ddp
 from asyncrl.algos.optim import clip_grad_norm
 
 STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac")
@@ -45,10 +46,16 @@ def clipped_step(
 
     ``mask`` (float [N], 1 for real steps, 0 for padding; recurrent sequences) makes every
     mean, the advantage normalisation included, one over the real steps only."""
-    mean = _mean if mask is None else (lambda x: masked_mean(x, mask))
+    if mask is None:
+        mean = _mean
+    else:  # data-parallel learners: over the real steps of all shares together
+        count = ddp.global_count(mask)
+        mean = lambda x: (x * mask).sum() / count  # noqa: E731
     log_prob = dist.log_prob(action)
     entropy = mean(dist.entropy())
-    if cfg.normalize_advantage and advantage.numel() > 1:
+    if cfg.normalize_advantage and ddp.active() is not None:
+        advantage = ddp.standardize(advantage, mask)  # the whole minibatch's statistics
+    elif cfg.normalize_advantage and advantage.numel() > 1:
         if mask is None:
             advantage = (advantage - advantage.mean()) / (advantage.std() + 1e-8)
         else:
@@ -66,6 +73,7 @@ def clipped_step(
     loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
     algo.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    ddp.reduce_gradients(algo.params)
     if cfg.max_grad_norm > 0:
         clip_grad_norm(algo.params, cfg.max_grad_norm)
     algo.optimizer.step()
@@ -77,7 +85,8 @@ def clipped_step(
         stats["policy_loss"].append(policy_loss.detach())
         stats["value_loss"].append(value_loss.detach())
         stats["entropy"].append(entropy.detach())
-    return cfg.target_kl > 0 and approx_kl.item() > 1.5 * cfg.target_kl
+    # data-parallel learners: every one stops at the same minibatch
+    return cfg.target_kl > 0 and ddp.all_mean(approx_kl).item() > 1.5 * cfg.target_kl
 
 
 def _mean(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from asyncrl.agents.dqn import DqnAgent, linear_schedule
+from asyncrl.algos import ddp
 from asyncrl.algos.offpolicy import ReplayLearner
 from asyncrl.algos.optim import clip_grad_norm, frozen_copy, make_adam
 from asyncrl.models.noisy import reset_noise
@@ -159,6 +160,7 @@ class DQN(ReplayLearner):
         for p in self.params:  # zero_grad(set_to_none=True), without its per-call overhead
             p.grad = None
         loss.backward()
+        ddp.reduce_gradients(self.params)
         if cfg.max_grad_norm > 0:
             self._clip_gradients()
         self.optimizer.step()

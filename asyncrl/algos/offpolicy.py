@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
+from asyncrl.algos import ddp
 from asyncrl.data import to_torch, tree_leaves
 from asyncrl.models.policies import is_image_space
 from asyncrl.models.qpg import cpu_matmul_context
@@ -176,7 +177,9 @@ class ReplayLearner:
         """New priorities [N] (e.g. |TD error|) of a minibatch's transitions; prioritized
         replay only (a no-op otherwise)."""
         if self.prioritized:
-            self.replay.update_priorities(sample.indices.cpu().numpy(), priorities.cpu().numpy())
+            # data-parallel learners: every share's, so that the replicas stay equal
+            indices, priorities = ddp.gather(sample.indices), ddp.gather(priorities)
+            self.replay.update_priorities(indices.cpu().numpy(), priorities.cpu().numpy())
 
     # -- one sampler batch ---------------------------------------------------------------
     def optimize(self, batch, progress: float) -> dict[str, float]:
@@ -225,6 +228,8 @@ class ReplayLearner:
             agent.train_mode()
         with cpu_matmul_context(getattr(cfg, "onednn_matmul", False), agent.device):
             for sample, precomputed in self._minibatches(n_updates):
+                # data-parallel learners: each its share (identity with one learner)
+                sample, precomputed = ddp.shard(sample), ddp.shard(precomputed)
                 if precomputed is None:
                     out = self.update(sample)
                 else:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from asyncrl.algos import ddp
 from asyncrl.algos.clipped import clipped_step, mean_stats, new_stats
 from asyncrl.algos.optim import make_adam
 from asyncrl.algos.pg_batch import annealed, flatten_time_env, pg_batch, set_learning_rate
@@ -80,7 +81,7 @@ class PPO:
         for _ in range(cfg.epochs):
             perm = torch.randperm(n, generator=self.generator).to(dev)
             for start in range(0, n - mb_size + 1, mb_size):
-                idx = perm[start : start + mb_size]
+                idx = ddp.shard(perm[start : start + mb_size])  # data-parallel: a share
                 dist, value = agent.model(tree_map(lambda x, i=idx: x[i], obs))
                 stop = clipped_step(
                     self, cfg, clip, dist, value, action[idx], old_logp[idx], adv_t[idx],
@@ -123,7 +124,7 @@ class PPO:
         for _ in range(cfg.epochs):
             perm = torch.randperm(chunks.count, generator=self.generator).to(dev)
             for start in range(0, chunks.count - per_mb + 1, per_mb):
-                mb = chunks.select(perm[start : start + per_mb])
+                mb = chunks.select(ddp.shard_chunks(perm[start : start + per_mb]))
                 dist, value = inputs.unroll(agent.model, mb)
                 stop = clipped_step(
                     self, cfg, clip, dist, value, mb.flat(action), mb.flat(old_logp),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from asyncrl.agents.qpg import QpgAgent
+from asyncrl.algos import ddp
 from asyncrl.algos.offpolicy import ReplayLearner
 from asyncrl.algos.optim import frozen_copy, make_adam
 from asyncrl.models.qpg import EnsembleQ, polyak_update
@@ -76,23 +77,26 @@ class SAC(ReplayLearner):
         next_obs = agent.features(s.next_observation)
         action = agent.from_env(s.action)
         alpha = self.log_alpha.detach().exp()
+        shape = (next_obs.shape[0], agent.action_dim)  # data-parallel: shares of one draw
         with torch.no_grad():
-            next_a, next_logp = agent.model(next_obs)
+            next_a, next_logp = agent.model(next_obs, noise=ddp.normal_share(shape, obs.device))
             next_q = self.critic_target(next_obs, next_a).min(0).values - alpha * next_logp
             target = s.reward + s.discount * next_q
         q = self.critic(obs, action)  # [2, N]: both critics in one batched pass
         critic_loss = 0.5 * (q - target.unsqueeze(0)).pow(2).mean(1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
+        ddp.reduce_gradients(self.critic_params)
         self.critic_opt.step()
 
         # The actor's gradient flows through the (just updated) critics to the action; asking
         # backward for the actor's parameters only skips the critics' weight gradients.
-        a, logp = agent.model(obs)
+        a, logp = agent.model(obs, noise=ddp.normal_share(shape, obs.device))
         q_pi = self.critic(obs, a).min(0).values
         actor_loss = (alpha * logp - q_pi).mean()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=self.actor_params)
+        ddp.reduce_gradients(self.actor_params)
         self.actor_opt.step()
 
         logp = logp.detach()
@@ -101,6 +105,7 @@ class SAC(ReplayLearner):
             alpha_loss = -(self.log_alpha * (logp + self.target_entropy)).mean()
             self.alpha_opt.zero_grad(set_to_none=True)
             alpha_loss.backward()
+            ddp.reduce_gradients([self.log_alpha])
             self.alpha_opt.step()
         polyak_update(self.critic_target_params, self.critic_params, cfg.tau)
         return {

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from asyncrl.agents.qpg import QpgAgent
+from asyncrl.algos import ddp
 from asyncrl.algos.offpolicy import ReplayLearner
 from asyncrl.algos.optim import frozen_copy, make_adam
 from asyncrl.models.qpg import EnsembleQ, polyak_update
@@ -91,7 +92,9 @@ class TD3(ReplayLearner):
         with torch.no_grad():
             next_a = self.actor_target(next_obs)
             if self.smoothing and cfg.target_noise > 0:
-                noise = (torch.randn_like(next_a) * cfg.target_noise).clamp(
+                draw = ddp.normal_share(next_a.shape, next_a.device)  # data-parallel: a share
+                draw = torch.randn_like(next_a) if draw is None else draw
+                noise = (draw * cfg.target_noise).clamp(
                     -cfg.target_noise_clip, cfg.target_noise_clip
                 )
                 next_a = (next_a + noise).clamp(-1.0, 1.0)
@@ -101,6 +104,7 @@ class TD3(ReplayLearner):
         critic_loss = 0.5 * (q - target.unsqueeze(0)).pow(2).mean(1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
+        ddp.reduce_gradients(self.critic_params)
         self.critic_opt.step()
         self.critic_updates += 1
         out = {"critic_loss": critic_loss.detach(), "q_mean": q.detach().mean()}
@@ -110,6 +114,7 @@ class TD3(ReplayLearner):
             actor_loss = -self.critic.member(obs, agent.model(obs), 0).mean()
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward(inputs=self.actor_params)
+            ddp.reduce_gradients(self.actor_params)
             self.actor_opt.step()
             self.actor_updates += 1
             polyak_update(self.target_params, self.online_params, cfg.tau)

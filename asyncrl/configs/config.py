@@ -87,6 +87,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N
     torch_threads: int = 1  # torch.set_num_threads in the training process (0: torch default)
+    # Learner processes training one model (data-parallel: each its share of every minibatch,
+    # gradients averaged; NCCL with one GPU each for cuda, gloo on the CPU).
+    learners: int = 1
     run_dir: str = ""  # empty: runs/<algo>_<env>_<time>
     # Informational, set by resolve_config: the preset files applied, in order, e.g.
     # "td3_mujoco + td3/Hopper-v5" ("" when none). Changing it changes no setting.
@@ -479,6 +482,7 @@ def validate(cfg: TrainConfig) -> None:
         ("sampler.num_envs", s.num_envs),
         ("sampler.horizon", s.horizon),
         ("log.eval_episodes", cfg.log.eval_episodes),
+        ("learners", cfg.learners),
     ):
         if v < 1:
             raise ConfigError(f"{key} must be >= 1, got {v}")
@@ -510,6 +514,14 @@ def validate(cfg: TrainConfig) -> None:
         )
     if not (cfg.device == "cpu" or cfg.device.startswith("cuda") or cfg.device == "mps"):
         raise ConfigError(f"device {cfg.device!r}: expected cpu, cuda or cuda:N")
+    if cfg.learners > 1:
+        if cfg.device == "mps":
+            raise ConfigError("learners > 1 runs on cpu (gloo) or cuda (NCCL), not mps")
+        if getattr(cfg.algo_params, "replay_service", False):
+            raise ConfigError(
+                f"learners={cfg.learners} needs the replay in the learners' processes: "
+                f"set {cfg.algo}.replay_service = false"
+            )
     m = cfg.model
     if m.activation not in ACTIVATIONS:
         raise ConfigError(

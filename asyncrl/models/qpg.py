@@ -113,12 +113,20 @@ class SquashedGaussianActor(nn.Module):
         log_std = self.log_std(f).clamp(LOG_STD_MIN, LOG_STD_MAX)
         return self.mean(f), log_std
 
-    def forward(self, obs: torch.Tensor, deterministic: bool = False, with_log_prob: bool = True):
+    def forward(
+        self,
+        obs: torch.Tensor,
+        deterministic: bool = False,
+        with_log_prob: bool = True,
+        noise: torch.Tensor | None = None,
+    ):
+        """``noise``: the standard normal draw to use (shaped as the mean; default: a fresh
+        one), e.g. a share of a larger minibatch's draw."""
         mean, log_std = self.distribution(obs)
         if deterministic:
             noise, u = torch.zeros_like(mean), mean
         else:
-            noise = torch.randn_like(mean)
+            noise = torch.randn_like(mean) if noise is None else noise
             u = mean + log_std.exp() * noise
         action = torch.tanh(u)
         if not with_log_prob:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from asyncrl.algos import ALGOS
 from asyncrl.configs.config import TrainConfig
+from asyncrl.runners.learners import start_learners
 from asyncrl.runners.run import Run, TrainResult
 
 if TYPE_CHECKING:  # (the samplers are imported where a run builds one, not with asyncrl)
@@ -41,6 +42,12 @@ def sync_loop(run: Run, sampler: Sampler | SamplerFactory) -> TrainResult:
             agent.load_rng_state(ckpt.get("agent_rng", {}))
         sampler.load_state_dict(ckpt.get("sampler", {}))
     agent.eval_mode()
+    # learners > 1: this process is learner 0 of a data-parallel group (runners/learners.py)
+    try:
+        algo = start_learners(cfg, agent, algo, sampler.obs_space, sampler.action_space)
+    except BaseException:
+        sampler.close()
+        raise
 
     def checkpoint_state() -> dict:
         return {

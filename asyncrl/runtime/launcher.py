@@ -22,6 +22,7 @@ from typing import Protocol
 PROGRAMS = {
     "sampler": "workers.sampler",
     "learner": "workers.optimizer",
+    "learner-peer": "workers.peer",  # learners 1..N-1 of a data-parallel group
     "replay": "workers.replay",
 }
 
