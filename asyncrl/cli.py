@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--envs-per-worker", type=_positive_int, help="envs in each worker")
     t.add_argument(
+        "--learners",
+        type=_positive_int,
+        help="learner processes training one model, each on its share of every minibatch "
+        "(data-parallel; gloo on cpu, NCCL with one GPU each on cuda)",
+    )
+    t.add_argument(
         "--async",
         dest="asynchronous",
         action="store_true",
@@ -206,6 +212,7 @@ def cmd_train(args) -> int:
             "sampler.mode": args.mode,
             "sampler.workers": args.workers,
             "sampler.asynchronous": args.asynchronous,
+            "learners": args.learners,
         }
         for mod in args.imports:
             try:
@@ -376,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     from asyncrl.configs.config import ConfigError
     from asyncrl.envs.spec import EnvError
     from asyncrl.logging.checkpoint import CheckpointError
+    from asyncrl.runners.learners import LearnerExited
     from asyncrl.runtime.coordinator import RuntimeError_
 
     parser = build_parser()
@@ -387,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ConfigError, EnvError, CheckpointError) as e:
         print(f"asyncrl {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except RuntimeError_ as e:  # the runtime cannot go on (no workers, ...): one line
+    except (RuntimeError_, LearnerExited) as e:  # the run cannot go on (no workers, ...): one line
         print(f"asyncrl {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -6,7 +6,10 @@ limits as frames; or, with a ``source``, a remote worker's [T, m] batch itself a
 learned as a batch of that source, after the first local one), LEARNER_STATE (write the agent's and the algorithm's state to a file), STOP.
 Sends: LEARNED (done with slot ``k``: the loss info, updates, the new policy version and acting
 state, the parameters as frames; first with no slot when ready), LEARNER_STATE (written),
-ERROR (the update failed: one line, then it exits).
+ERROR (the update failed: one line, then it exits; first it writes its state to the run's
+``rescue`` path, from which the run's final checkpoint is made). With ``learners = N`` it is
+learner 0 of a data-parallel group: it starts the others (asyncrl/runners/learners.py) and hands
+them every batch; a learner that exits fails the update as above.
 
 Started by the coordinator's launcher (``python -m workers.optimizer --connect ipc://...``);
 connects a DEALER (identity ``learner``) to the coordinator's learner socket. It never sees a
@@ -101,6 +104,7 @@ def main(argv=None) -> int:
                 )
     except Exception as e:  # noqa: BLE001 - one line to the coordinator, then exit
         log.debug("learner failed", exc_info=True)  # the coordinator says it, once
+        learner.rescue()  # first: the run's final checkpoint reads it once it hears the error
         send(Header(MsgType.ERROR, meta={"reason": f"{type(e).__name__}: {e}"[:500]}))
         code = 1
     finally:
@@ -146,6 +150,11 @@ class Learner:
             if hasattr(self.agent, "load_rng_state"):
                 self.agent.load_rng_state(ckpt.get("agent_rng", {}))
         self.agent.eval_mode()
+        # learners > 1: this process is learner 0 of a data-parallel group
+        from asyncrl.runners.learners import start_learners
+
+        self.rescue_path = str(meta.get("rescue") or "")
+        self.algo = start_learners(cfg, self.agent, self.algo, obs_space, action_space)
         self.slots = [SharedArrayTree.attach(h) for h in meta["slots"]]
         self.horizon = int(meta["horizon"])
         self.total_steps = max(int(meta.get("total_steps", cfg.steps)), 1)
@@ -252,6 +261,16 @@ class Learner:
         tmp = f"{path}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, path)
+
+    def rescue(self) -> None:
+        """After a failure: write the state to the run's rescue path (its final checkpoint),
+        if the run named one; a failure to write is logged, not raised."""
+        if not self.rescue_path:
+            return
+        try:
+            self.write_state(self.rescue_path)
+        except Exception:  # noqa: BLE001 - the error being reported matters more
+            log.warning("could not write the learner's state after the failure", exc_info=True)
 
     def close(self) -> None:
         for s in self.slots:

@@ -9,8 +9,9 @@ socket.
 
 A run's env steps are those the learner consumed (batches collected but not yet learned when
 the run stops, at most ``sampler.async_batches``, are dropped). A learner process that dies
-ends the run with one error line; its state since the last checkpoint is lost, and ``--resume``
-continues from that checkpoint. A checkpoint's learner state is the learner's when it answers,
+ends the run with one error line; one that fails (an exception, or another data-parallel
+learner exiting) first writes its state, and the final checkpoint is made from it; one that is
+killed loses its state since the last checkpoint, and ``--resume`` continues from that one. A checkpoint's learner state is the learner's when it answers,
 which may include the batches already queued to it (at most ``sampler.async_batches``) beyond
 the env steps the run had recorded: the algorithm's own counters stay consistent with it.
 """
@@ -47,6 +48,10 @@ def async_loop(run: Run, sampler) -> TrainResult:
             sampler.obs_space, sampler.action_space, cfg.model, cfg.device, cfg.algo_params
         )
         sampler.inference_agent.eval_mode()
+    # a learner that fails writes its state here first: the final checkpoint is made from it
+    rescue = Path(checkpoint_dir(run.run_dir)) / f".learner-rescue-{os.getpid()}.pt"
+    rescue.parent.mkdir(parents=True, exist_ok=True)
+    sampler.rescue_path = str(rescue)
     if run.resumed:
         sampler.resume_path = str(latest_checkpoint(run.run_dir))
         sampler.start_steps = run.env_steps  # the learner's schedules go on from there
@@ -62,9 +67,12 @@ def async_loop(run: Run, sampler) -> TrainResult:
         path = Path(checkpoint_dir(run.run_dir)) / f".learner-{os.getpid()}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if not sampler.learner_state(str(path)):
+            if sampler.learner_state(str(path)):
+                learner = torch.load(path, map_location="cpu", weights_only=False)
+            elif rescue.exists():  # the learner failed, and wrote its state first
+                learner = torch.load(rescue, map_location="cpu", weights_only=False)
+            else:
                 return None
-            learner = torch.load(path, map_location="cpu", weights_only=False)
         finally:
             path.unlink(missing_ok=True)
         cache["agent"] = learner["agent"]
@@ -104,7 +112,7 @@ def async_loop(run: Run, sampler) -> TrainResult:
             **counters,
         }
 
-    close = [sampler.close]
+    close = [sampler.close, lambda: rescue.unlink(missing_ok=True)]
     with run.running(checkpoint_state, columns=columns, status=sampler.status, close=close):
         t_start = None
         sampler.initialize(agent)

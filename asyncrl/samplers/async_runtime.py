@@ -64,6 +64,7 @@ class AsyncRuntimeSampler(RuntimeSampler):
             raise ConfigError("asynchronous runs need local workers (sampler.workers >= 1)")
         self.slots_n = cfg.sampler.async_batches
         self.resume_path = ""
+        self.rescue_path = ""  # where a failing learner writes its state (see async_loop)
         self.reports: queue.Queue = queue.Queue()
         self._ready = threading.Event()
         self._state_done: dict[int, threading.Event] = {}
@@ -103,6 +104,7 @@ class AsyncRuntimeSampler(RuntimeSampler):
             "slots": [s.handle.to_dict() for s in self.slots],
             "horizon": T,
             "resume": str(self.resume_path),
+            "rescue": str(self.rescue_path),
             "torch_threads": max(1, self.cfg.torch_threads),
             "total_steps": self.cfg.steps,
         }
