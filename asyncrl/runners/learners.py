@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -73,12 +74,31 @@ class Learners(ddp.DataParallel):
                 args += ["--device", learner_device(cfg.device, rank), "--parent-pid"]
                 args += [str(os.getpid()), "--torch-threads", str(threads)]
                 self.processes[rank] = popen("learner-peer", args, threads)
-            ddp.init_group(0, n, init, learner_device(cfg.device, 0))
+            self._join(n, init, learner_device(cfg.device, 0))
             ddp.broadcast((cfg.to_dict(), obs_space, action_space))
             ddp.share_state(agent, algo)
         except BaseException:
             self.close()
             raise
+
+    def _join(self, n: int, init: str, device: str) -> None:
+        """Join the group, watching the others meanwhile: the rendezvous itself would wait
+        for a learner that failed to start until its timeout (half an hour)."""
+        done, failed = threading.Event(), []
+
+        def join() -> None:
+            try:
+                ddp.init_group(0, n, init, device)
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread
+                failed.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=join, name="asyncrl-learners-join", daemon=True).start()
+        while not done.wait(0.1):
+            self.check(0.0)
+        if failed:
+            raise failed[0]
 
     def check(self, wait_s: float = 0.0) -> None:
         """Raise ``LearnerExited`` if a learner process has ended (waiting up to ``wait_s``

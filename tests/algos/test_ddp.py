@@ -155,3 +155,17 @@ def test_uneven_minibatches_are_refused_in_one_line():
             ddp.shard(torch.arange(7))
         finally:
             ddp._group = None
+
+
+def test_a_learner_that_cannot_start_is_named_at_once(monkeypatch):
+    """A learner process that fails before the rendezvous: learner 0 does not wait for the
+    rendezvous' timeout (half an hour), it names the learner that exited."""
+    algo_name, env, sets = CASES["ppo"]
+    cfg, sampler, agent, algo = build(algo_name, env, sets, learners=2)
+    cfg.device = "cpu"
+    monkeypatch.setattr(
+        "asyncrl.runners.learners.learner_device", lambda d, r: d if r == 0 else "nonsense:0"
+    )
+    with pytest.raises(LearnerExited, match=r"learner 1 of 2 \(pid \d+\) exited with code 1"):
+        Learners(cfg, agent, algo, sampler.obs_space, sampler.action_space)
+    assert ddp.active() is None
