@@ -1,4 +1,5 @@
-"""The ``asyncrl`` command: train, eval, plot, presets (coordinator/worker/keygen: cli_runtime.py).
+"""The ``asyncrl`` command: train, submit, eval, plot, presets (coordinator/worker/keygen:
+cli_runtime.py).
 
 Owns argument parsing and turning every user mistake into one error line with a non-zero exit
 before heavy work starts. All behaviour lives in the library; this file only wires it.
@@ -129,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(sampler.asynchronous; parallel/central/alternating)",
     )
     t.add_argument(
+        "--launcher",
+        choices=["local", "ray", "slurm"],
+        help="how the worker processes are started: local subprocesses (default), Ray actors "
+        "on a Ray cluster, Slurm jobs through submitit (sampler.launcher; sampler.slurm_* "
+        "for the jobs' resources)",
+    )
+    t.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="the Ray cluster to start the workers on (implies --launcher ray; default: a "
+        "local Ray)",
+    )
+    t.add_argument(
         "--import",
         dest="imports",
         action="append",
@@ -137,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="import MODULE first (it may register env ids)",
     )
     t.add_argument("--no-progress", action="store_true", help="no live progress display")
+
+    _add_submit_parser(sub, t)  # train's arguments, and the job's resources
 
     ps = sub.add_parser(
         "presets",
@@ -184,51 +200,71 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    import signal
-
-    from asyncrl.configs.config import resolve_config, validate
     from asyncrl.runners.train import train
 
     if args.resume:
-        if args.algo or args.env_id:
-            raise CliError("--resume RUN_DIR takes no ALGO or ENV_ID (they come from the run)")
-        if args.config or args.sets:
-            raise CliError("--resume continues a run as configured; --config/--set are not allowed")
-        if not Path(args.resume).is_dir():
-            raise CliError(f"run directory {args.resume!r} does not exist")
+        _check_resume(args)
         result = train(
             resume=args.resume, steps=args.steps, progress=False if args.no_progress else None
         )
     else:
-        if not args.algo or not args.env_id:
-            raise CliError(
-                "train needs ALGO and ENV_ID (or --resume RUN_DIR); see asyncrl train --help"
-            )
-        overrides = {
-            "steps": args.steps,
-            "seed": args.seed,
-            "device": args.device,
-            "run_dir": args.run_dir,
-            "sampler.mode": args.mode,
-            "sampler.workers": args.workers,
-            "sampler.asynchronous": args.asynchronous,
-            "learners": args.learners,
-        }
-        for mod in args.imports:
-            try:
-                importlib.import_module(mod)
-            except ImportError as e:
-                raise CliError(f"--import {mod}: {e}") from None
-        cfg = resolve_config(
-            args.algo, args.env_id, args.config, args.sets, overrides, imports=args.imports
-        )
-        if args.envs_per_worker:
-            cfg.sampler.num_envs = args.envs_per_worker * cfg.sampler.workers
-            validate(cfg)
-        if args.no_progress:
-            cfg.log.progress = False
-        _report_presets(cfg)
+        cfg = _train_config(args)
+        _report_presets(cfg, args.command)
         result = train(cfg)
+    return _report_result(result)
+
+
+def _check_resume(args) -> None:
+    """``--resume RUN_DIR`` (train, submit): no ALGO, ENV_ID, --config or --set beside it."""
+    if args.algo or args.env_id:
+        raise CliError("--resume RUN_DIR takes no ALGO or ENV_ID (they come from the run)")
+    if args.config or args.sets:
+        raise CliError("--resume continues a run as configured; --config/--set are not allowed")
+    if not Path(args.resume).is_dir():
+        raise CliError(f"run directory {args.resume!r} does not exist")
+
+
+def _train_config(args):
+    """The resolved config of ``train ALGO ENV_ID [options]`` (submit takes the same options)."""
+    from asyncrl.configs.config import resolve_config, validate
+
+    if not args.algo or not args.env_id:
+        raise CliError(
+            f"{args.command} needs ALGO and ENV_ID (or --resume RUN_DIR); "
+            f"see asyncrl {args.command} --help"
+        )
+    overrides = {
+        "steps": args.steps,
+        "seed": args.seed,
+        "device": args.device,
+        "run_dir": args.run_dir,
+        "sampler.mode": args.mode,
+        "sampler.workers": args.workers,
+        "sampler.asynchronous": args.asynchronous,
+        "learners": args.learners,
+        "sampler.launcher": args.launcher or ("ray" if args.ray_address else None),
+        "sampler.ray_address": args.ray_address,
+    }
+    for mod in args.imports:
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise CliError(f"--import {mod}: {e}") from None
+    cfg = resolve_config(
+        args.algo, args.env_id, args.config, args.sets, overrides, imports=args.imports
+    )
+    if args.envs_per_worker:
+        cfg.sampler.num_envs = args.envs_per_worker * cfg.sampler.workers
+        validate(cfg)
+    if args.no_progress:
+        cfg.log.progress = False
+    return cfg
+
+
+def _report_result(result) -> int:
+    """After a run (train, submit --wait): one line, and the exit status."""
+    import signal
+
     status = "interrupted" if result.interrupted else "done"
     print(
         f"{status}: {result.env_steps} env steps, return_mean {result.return_mean:.2f}, "
@@ -239,7 +275,7 @@ def cmd_train(args) -> int:
     return 128 + int(result.stop_signal or signal.SIGINT)  # 143 after SIGTERM, 130 after Ctrl-C
 
 
-def _report_presets(cfg) -> None:
+def _report_presets(cfg, command: str = "train") -> None:
     """Before training: the presets used (one line, stdout) and budget warnings (stderr)."""
     from asyncrl.configs.config import budget_warnings
 
@@ -249,7 +285,7 @@ def _report_presets(cfg) -> None:
         flush=True,
     )
     for warning in budget_warnings(cfg):
-        print(f"asyncrl train: warning: {warning}", file=sys.stderr, flush=True)
+        print(f"asyncrl {command}: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _fmt(value) -> str:
@@ -379,6 +415,146 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _slurm_arg(text: str) -> tuple[str, str | bool]:
+    key, sep, value = text.partition("=")
+    key = key.strip().lstrip("-")
+    if not key or (sep and not value):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE or KEY, got {text!r}")
+    return key, value if sep else True
+
+
+def _add_submit_parser(sub, train_parser) -> None:
+    """``asyncrl submit``: every argument of ``asyncrl train`` (copied from its parser, so the
+    two cannot drift apart), then what the job asks of the cluster."""
+    s = sub.add_parser(
+        "submit",
+        parents=[train_parser],
+        add_help=False,  # train's -h is copied with the rest (and prints submit's help)
+        help="submit a training run as one job through submitit (Slurm, or this machine)",
+        description="Resolve the config here (bad input fails here, before anything is submitted),\n"
+        "fix the run directory, and submit one job that runs asyncrl.train on the node;\n"
+        "submitit's logs go to RUN_DIR/submitit/. A job that reaches its time limit or is\n"
+        "preempted is requeued and resumes its run from the final checkpoint.\n"
+        "Needs submitit: pip install asyncrl[slurm].",
+        epilog="algorithms, presets and the order of settings: asyncrl train --help\n"
+        "examples: asyncrl submit ppo ALE/Pong-v5 --partition gpu --time 240 --gpus 1 |\n"
+        "          asyncrl submit sac HalfCheetah-v5 --slurm-arg account=rl --slurm-arg qos=high |\n"
+        "          asyncrl submit --cluster local --wait ppo CartPole-v1 --steps 2e4 |\n"
+        "          asyncrl submit --resume RUN_DIR --steps 2e6",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    g = s.add_argument_group("the job (submitit)")
+    g.add_argument(
+        "--cluster",
+        choices=["slurm", "local", "debug"],
+        help="slurm: sbatch; local: a process on this machine; debug: in this process "
+        "(implies --wait). Default: slurm where srun exists, else local",
+    )
+    g.add_argument("--partition", help="Slurm partition (default: the cluster's)")
+    g.add_argument(
+        "--time",
+        dest="time_min",
+        type=_positive_int,
+        default=60,
+        metavar="MIN",
+        help="time limit in minutes (default 60); a timed-out job is requeued and resumes",
+    )
+    g.add_argument(
+        "--cpus",
+        type=_positive_int,
+        help="CPUs for the job (default: one per process the run starts)",
+    )
+    g.add_argument(
+        "--gpus",
+        type=_int_at_least(0),
+        help="GPUs for the job (default: one per learner on cuda, else 0); "
+        "--gpus G > 0 without --device trains on cuda",
+    )
+    g.add_argument("--mem-gb", type=float, help="memory in GB (default: the cluster's)")
+    g.add_argument("--job-name", help="job name (default asyncrl-ALGO-ENV)")
+    g.add_argument(
+        "--slurm-arg",
+        dest="slurm_args",
+        type=_slurm_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an sbatch option submitit has no flag for: --slurm-arg account=rl is "
+        "#SBATCH --account=rl; KEY alone is a flag (--slurm-arg exclusive); repeatable",
+    )
+    g.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the job, print its result; non-zero exit (and its error log) if it failed",
+    )
+
+
+def cmd_submit(args) -> int:
+    """``asyncrl submit``: the config resolved here, one job submitted, its id, run dir and logs."""
+    from asyncrl.runners.submit import (
+        JobFailed,
+        Resources,
+        SubmititMissing,
+        import_submitit,
+        resume_config,
+        submit,
+    )
+
+    try:
+        import_submitit()
+    except SubmititMissing as e:
+        print(e, file=sys.stderr)
+        return EXIT_USAGE
+    if args.gpus and args.device is None:
+        args.device = "cuda"  # a GPU asked for is a GPU trained on (--device/--set say otherwise)
+    if args.resume:
+        _check_resume(args)
+        cfg = resume_config(args.resume, args.steps)
+        if args.no_progress:
+            cfg.log.progress = False
+    else:
+        cfg = _train_config(args)
+        _report_presets(cfg, args.command)
+    resources = Resources(
+        cluster=args.cluster,
+        partition=args.partition,
+        time_min=args.time_min,
+        cpus=args.cpus,
+        gpus=args.gpus,
+        mem_gb=args.mem_gb,
+        name=args.job_name,
+        slurm_args=dict(args.slurm_args),
+    )
+    job = submit(cfg, resources, resume=bool(args.resume))
+    r = job.resources
+    asked = [job.cluster, f"partition {r.partition}" if r.partition else "", f"{r.time_min} min"]
+    asked += [f"{r.cpus} cpu" + "s" * (r.cpus != 1), f"{r.gpus} gpu" + "s" * (r.gpus != 1)]
+    print(f"submitted job {job.job_id} ({', '.join(x for x in asked if x)})", flush=True)
+    print(f"run dir: {job.run_dir}")
+    print(f"logs: {job.logs[0]} (stderr: {job.logs[1]})", flush=True)
+    if not (args.wait or job.cluster == "debug"):
+        return 0
+    print(f"waiting for job {job.job_id} (Ctrl-C stops waiting)", flush=True)
+    try:
+        result = job.wait()
+    except KeyboardInterrupt:
+        if job.cluster == "slurm":
+            print(
+                f"asyncrl submit: stopped waiting; job {job.job_id} goes on "
+                f"(scancel {job.job_id} stops it)",
+                file=sys.stderr,
+            )
+            return 130
+        raise  # a local job got the Ctrl-C too (same terminal): it stops with a checkpoint
+    except JobFailed as e:
+        print(f"asyncrl submit: error: {e}", file=sys.stderr)
+        if e.tail:
+            print(f"--- the end of {e.logs[1]}:", file=sys.stderr)
+            print(e.tail, file=sys.stderr)
+        return 1
+    return _report_result(result)
+
+
 def main(argv: list[str] | None = None) -> int:
     from asyncrl.configs.config import ConfigError
     from asyncrl.envs.spec import EnvError
@@ -388,7 +564,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "plot": cmd_plot, "presets": cmd_presets}
+    handlers = {
+        "train": cmd_train,
+        "submit": cmd_submit,
+        "eval": cmd_eval,
+        "plot": cmd_plot,
+        "presets": cmd_presets,
+    }
     handler = handlers.get(args.command) or getattr(args, "handler", None)
     try:
         return handler(args)

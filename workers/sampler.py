@@ -4,7 +4,9 @@ agent for actions (central; alternating with two env groups). One SAMPLES messag
 T steps; never pickles.
 
 Run as ``python -m workers.sampler --connect ENDPOINT`` (the coordinator starts local workers
-this way; ``asyncrl worker --connect tcp://HOST:PORT`` attaches a remote one).
+this way; ``asyncrl worker --connect tcp://HOST:PORT`` attaches a remote one). Ray actors and
+Slurm jobs run its ``main`` in their own process (``asyncrl/runtime/cluster.py:run_program``),
+with ``--slot k --launch-token T``: a TCP worker that claims a slot must show the run's token.
 
 Messages (ZeroMQ DEALER, the worker side of the coordinator's ROUTER):
   sends    REGISTER (locality probe, envs), HEARTBEAT (every heartbeat_s, with steps/s),
@@ -150,19 +152,10 @@ async def worker_main(args) -> int:
         ctx.destroy(linger=0)
         return 4
     probe = LocalityProbe()
-    await send(
-        sock,
-        Header(
-            MsgType.REGISTER,
-            worker_id=worker_id,
-            meta={
-                "probe": probe.to_dict(),
-                "envs": args.envs,
-                "slot": args.slot,
-                "pid": os.getpid(),
-            },
-        ),
-    )
+    register = {"probe": probe.to_dict(), "envs": args.envs, "slot": args.slot, "pid": os.getpid()}
+    if args.launch_token:  # started by the run's launcher: proves our claim to the slot
+        register["launch_token"] = args.launch_token
+    await send(sock, Header(MsgType.REGISTER, worker_id=worker_id, meta=register))
     try:
         header, _ = await recv(sock, timeout=args.connect_timeout)
     except TimeoutError:
@@ -577,6 +570,9 @@ def parse_args(argv=None):
     p.add_argument("--connect-timeout", type=float, default=30.0)
     p.add_argument("--server-key", default="", help="coordinator's public key file (CURVE)")
     p.add_argument("--client-key", default="", help="this worker's secret key file (CURVE)")
+    p.add_argument(
+        "--launch-token", default="", help="the run's launch token (set by a remote launcher)"
+    )
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 

@@ -30,6 +30,8 @@ PRESET_DIR = Path(__file__).parent
 # Per-env presets: ENV_PRESET_DIR/{algo}/{ENV_ID}.toml (ALE/Pong-v5 -> ALE/Pong-v5.toml).
 ENV_PRESET_DIR = PRESET_DIR / "envs"
 MODES = ("serial", "parallel", "central", "alternating")
+LAUNCHERS = ("local", "ray", "slurm")
+RAY_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 class ConfigError(ValueError):
@@ -63,6 +65,16 @@ class SamplerConfig:
     restart_limit: int = 5  # a local worker failing more often without a batch ends the run
     restart_window_s: float = 60.0  # ... more than restart_limit times within this window
     restart_backoff_s: float = 0.5  # first delay before restarting it; doubles, at most 8 s
+    # How the worker slots are started: local processes, Ray actors on a Ray cluster, or Slurm
+    # jobs (submitit). Ray and Slurm workers join over TCP with per-run CURVE keys.
+    launcher: str = "local"  # local | ray | slurm
+    ray_address: str = ""  # Ray cluster to join ("": this process's Ray, or a new local one)
+    ray_strategy: str = "PACK"  # placement of the slots' bundles: PACK | SPREAD | STRICT_*
+    slurm_cluster: str = "slurm"  # slurm (sbatch) | local (submitit's local executor)
+    slurm_partition: str = ""  # "": the cluster's default partition
+    slurm_time_min: int = 60  # a job's time limit; a job that reaches it is replaced
+    slurm_cpus: int = 1  # CPUs per job (one slot)
+    slurm_gpus: int = 0  # GPUs per job
 
 
 @dataclass
@@ -474,6 +486,24 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             "sampler.asynchronous needs a runtime mode (parallel, central or alternating); "
             "serial sampling is synchronous"
+        )
+    if s.launcher not in LAUNCHERS:
+        raise ConfigError(f"sampler.launcher {s.launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if s.launcher != "local" and s.mode == "serial":
+        raise ConfigError(
+            f"sampler.launcher = {s.launcher!r} starts sampler workers: it needs a runtime mode "
+            "(--mode parallel, central or alternating)"
+        )
+    if s.ray_strategy not in RAY_STRATEGIES:
+        raise ConfigError(
+            f"sampler.ray_strategy {s.ray_strategy!r} is not one of {', '.join(RAY_STRATEGIES)}"
+        )
+    if s.slurm_cluster not in ("slurm", "local"):
+        raise ConfigError(f"sampler.slurm_cluster {s.slurm_cluster!r}: expected slurm or local")
+    if s.slurm_time_min < 1 or s.slurm_cpus < 1 or s.slurm_gpus < 0:
+        raise ConfigError(
+            "sampler.slurm_time_min and sampler.slurm_cpus must be >= 1 and sampler.slurm_gpus "
+            f">= 0, got {s.slurm_time_min}, {s.slurm_cpus}, {s.slurm_gpus}"
         )
     if not 1 <= s.async_batches <= 64:
         raise ConfigError(f"sampler.async_batches must be in 1..64, got {s.async_batches}")

@@ -96,6 +96,26 @@ def generate_keypair(key_dir: str | os.PathLike, name: str = "asyncrl") -> tuple
     return Path(public_file), Path(secret_file)
 
 
+def write_key_file(
+    path: str | os.PathLike, public: bytes | str, secret: bytes | str | None = None
+) -> Path:
+    """Write a key file in ZeroMQ's certificate format (what ``load_keypair`` and the
+    authenticator read) from z85 key text: a public file, or with ``secret`` a secret one (mode
+    600). Used where key material arrives as data, e.g. in a launched worker (runtime/cluster.py)."""
+
+    def text(key: bytes | str) -> str:
+        return key.decode("ascii") if isinstance(key, bytes) else key
+
+    path = Path(path)
+    lines = ["metadata", "curve", f'    public-key = "{text(public)}"']
+    if secret is not None:
+        lines.append(f'    secret-key = "{text(secret)}"')
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 def load_keypair(secret_file: str | os.PathLike) -> tuple[bytes, bytes]:
     """(public, secret) z85 keys from a ``.key_secret`` file."""
     public, secret = zmq.auth.load_certificate(str(secret_file))
@@ -114,13 +134,15 @@ class _KeyDirectory:
     """Credentials provider: a client key is allowed when its public file is in ``key_dir``.
 
     The directory is re-read when an unknown key shows up, so a key added while the coordinator
-    runs is accepted without a restart.
+    runs is accepted without a restart. ``extra_keys`` are allowed as well, without a file (the
+    per-run key of launcher-started workers, next to a user's own key directory).
     """
 
-    def __init__(self, key_dir: Path, authenticator: KeyDirectoryAuthenticator):
+    def __init__(self, key_dir: Path, authenticator: KeyDirectoryAuthenticator, extra_keys=()):
         self.key_dir = key_dir
         self.authenticator = authenticator
         self.keys: set[bytes] = set()
+        self.extra: frozenset[bytes] = frozenset(extra_keys)
         self._last_warned: dict[bytes, float] = {}
         self.reload()
 
@@ -130,7 +152,7 @@ class _KeyDirectory:
         self.keys = set(zmq.auth.load_certificates(str(self.key_dir)))
 
     def callback(self, domain: str, client_key: bytes) -> bool:
-        if client_key in self.keys:
+        if client_key in self.keys or client_key in self.extra:
             return True
         self.reload()
         if client_key in self.keys:
@@ -157,11 +179,11 @@ class KeyDirectoryAuthenticator(AsyncioAuthenticator):
     ``refused`` lists (client key, address) of every refused handshake, for tests and status.
     """
 
-    def __init__(self, context: zmq.Context, allowed_dir: str | os.PathLike):
+    def __init__(self, context: zmq.Context, allowed_dir: str | os.PathLike, extra_keys=()):
         super().__init__(context, log=logging.getLogger(__name__ + ".zap"))
         self.current_address = ""
         self.refused: list[tuple[str, str]] = []
-        self.provider = _KeyDirectory(Path(allowed_dir), self)
+        self.provider = _KeyDirectory(Path(allowed_dir), self, extra_keys)
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
         # The credentials callback sees only the key; remember the address for the log line.
@@ -171,13 +193,14 @@ class KeyDirectoryAuthenticator(AsyncioAuthenticator):
 
 
 def start_authenticator(
-    context: zmq.Context, allowed_dir: str | os.PathLike
+    context: zmq.Context, allowed_dir: str | os.PathLike, extra_keys=()
 ) -> KeyDirectoryAuthenticator:
     """Start the ZAP authenticator for ``context``; call inside the running loop, before bind.
+    It allows the public keys in ``allowed_dir`` and the z85 ``extra_keys``.
 
     Stop it with ``.stop()`` when the server socket is closed.
     """
-    authenticator = KeyDirectoryAuthenticator(context, allowed_dir)
+    authenticator = KeyDirectoryAuthenticator(context, allowed_dir, extra_keys)
     authenticator.start()
     authenticator.configure_curve_callback(ZAP_DOMAIN, credentials_provider=authenticator.provider)
     return authenticator

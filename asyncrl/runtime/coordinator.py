@@ -3,7 +3,8 @@ training process) that owns the workers' sockets and routes their messages to th
 
 Roles, one module each (see docs/architecture.md):
 - loop host (``loop.py``): the thread, the loop, the task set, ``call`` for blocking callers;
-- launcher (``launcher.py``): starts, restarts and reaps local processes;
+- launcher (``launcher.py``; Ray actors and Slurm jobs in ``cluster.py``): starts, restarts and
+  reaps the worker slots' programs, and the learner process (always local);
 - registry (``registry.py``): worker records, which REGISTERs are accepted;
 - flow control (``flow.py``): synchronous rounds, or asynchronous credits and learner slots;
 - inference server (``inference.py``): central/alternating ACT_REQUESTs, in its own thread;
@@ -20,7 +21,11 @@ in-flight batch is dropped and re-requested from its replacement (local workers 
 in the same slot) or left out of the batch (remote workers). Local workers connect over ipc
 without keys; remote workers connect to ``bind`` over TCP, with CURVE when a key directory is
 given (an unknown key is refused by the ZAP handler and logged; a peer without CURVE or with
-another server key fails the handshake, which a socket monitor counts and logs).
+another server key fails the handshake, which a socket monitor counts and logs). Workers that a
+remote launcher (Ray, Slurm) started take fixed slots like local ones, but join over TCP: at
+``bind``, or, without one, at an endpoint bound here for them with per-run CURVE keys (in the
+run's temporary directory); their REGISTER carries the run's secret launch token, without which
+no TCP peer may claim a slot.
 A learner process that exits ends the run (``failure``), it is never restarted.
 
 Structured concurrency: every task belongs to the loop host's task set and is cancelled on
@@ -30,9 +35,12 @@ stop(); sockets have timeouts (see transport.SocketOptions); stop() sends STOP, 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import itertools
 import logging
 import os
+import secrets
+import shutil
 import tempfile
 import time
 import uuid
@@ -47,7 +55,7 @@ import zmq.asyncio
 from asyncrl.data import example_schema, tree_map
 from asyncrl.runtime.flow import AsyncFlow, Delivery, SyncRounds
 from asyncrl.runtime.inference import ActReply, InferenceServer
-from asyncrl.runtime.launcher import LocalLauncher
+from asyncrl.runtime.launcher import JoinKeys, Launcher, LauncherError, LocalLauncher
 from asyncrl.runtime.loop import LoopHost
 from asyncrl.runtime.protocol import Header, MsgType, ProtocolError, VersionMismatch
 from asyncrl.runtime.registry import LOCAL_ID_PREFIX, Registry, RemoteLimits, WorkerRecord
@@ -124,6 +132,7 @@ class Coordinator:
         async_flow: tuple | None = None,
         learner: tuple | None = None,
         refuse_remote: str = "",
+        launcher: Launcher | None = None,
     ):
         self.config_dict = config_dict
         self.mode, self.horizon = mode, horizon
@@ -153,7 +162,16 @@ class Coordinator:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.worker_log_level = worker_log_level
         self.host = LoopHost("asyncrl-coordinator")
-        self.launcher = LocalLauncher(torch_threads)
+        # The worker slots' launcher; the learner is always a local process (it attaches the
+        # training process's shared memory), so a remote launcher gets a local one beside it.
+        self.launcher: Launcher = launcher or LocalLauncher(torch_threads)
+        self.learner_launcher = (
+            LocalLauncher(torch_threads) if self.launcher.remote else self.launcher
+        )
+        # Proves a TCP REGISTER claiming a slot comes from a program our launcher started (an
+        # authorized remote worker has the CURVE key, not this).
+        self.launch_token = secrets.token_urlsafe(24)
+        self.launch_endpoint = ""  # where launched workers connect (remote launchers)
         self.registry = Registry(self.limits, envs_per_worker)
         self.workers = self.registry.workers  # by ROUTER identity
         self.rounds = SyncRounds(self)
@@ -192,15 +210,22 @@ class Coordinator:
     # ------------------------------------------------------------------ life cycle (caller)
     def start(self, timeout: float = 30.0) -> None:
         try:
+            if self.launcher.remote and self.local_workers:
+                self.launcher.prepare(self.local_workers)  # join the cluster, reserve the slots
             self.host.start(self._setup, self._teardown, timeout)
         except RuntimeError_:
+            self.launcher.close()
             raise
-        except RuntimeError as e:
+        except RuntimeError as e:  # LauncherError included
+            self.launcher.close()
             raise RuntimeError_(str(e)) from None
-        for slot in range(self.local_workers):
-            self._spawn_local(slot)
+        try:
+            for slot in range(self.local_workers):
+                self._spawn_local(slot)
+        except LauncherError as e:
+            raise RuntimeError_(str(e)) from None
         if self._learner is not None:
-            self.launcher.start(
+            self.learner_launcher.start(
                 LEARNER,
                 "learner",
                 [
@@ -224,7 +249,9 @@ class Coordinator:
         """STOP every worker (and the learner), wait for local processes (kill stragglers),
         close the sockets."""
         if self.host.loop is None or self._stopping:
-            self.launcher.reap(0)
+            for launcher in self._launchers():
+                launcher.reap(0)
+                launcher.close()
             return
         self._stopping = True  # from now on no worker is restarted
         self.host.stopping = True
@@ -233,22 +260,26 @@ class Coordinator:
                 self.call(self._broadcast_stop(), timeout=timeout)
             except Exception:  # noqa: BLE001 - best effort; processes are killed below
                 pass
-            self.launcher.reap(timeout)
+            for launcher in self._launchers():
+                launcher.reap(timeout)
             self.host.stop(timeout)
-            self.launcher.reap(1.0)  # a replacement started on the loop while the first reap ran
+            for launcher in self._launchers():  # a replacement started while the first reap ran
+                launcher.reap(1.0)
         finally:
+            for launcher in self._launchers():
+                launcher.close()
             if self.inference is not None:
                 self.inference.close()
             self._remove_ipc_dir()
 
+    def _launchers(self) -> list:
+        if self.learner_launcher is self.launcher:
+            return [self.launcher]
+        return [self.launcher, self.learner_launcher]
+
     def _remove_ipc_dir(self) -> None:
-        if self._ipc_dir is not None:
-            for p in Path(self._ipc_dir).glob("*"):
-                p.unlink(missing_ok=True)
-            try:
-                os.rmdir(self._ipc_dir)
-            except OSError:
-                pass
+        if self._ipc_dir is not None:  # ours (mkdtemp): sockets and the per-run keys
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ setup / teardown (loop)
     async def _setup(self) -> None:
@@ -258,8 +289,8 @@ class Coordinator:
         self.shm = ShmReceiver()
         self._registered = asyncio.Condition()
         options = SocketOptions(send_timeout_s=10.0, recv_timeout_s=None)
+        self._ipc_dir = tempfile.mkdtemp(prefix="asyncrl-")  # mode 700: sockets and keys
         if os.name == "posix":
-            self._ipc_dir = tempfile.mkdtemp(prefix="asyncrl-")
             local_bind = f"ipc://{self._ipc_dir}/coordinator.sock"
             learner_bind = f"ipc://{self._ipc_dir}/learner.sock"
         else:  # pragma: no cover - no ipc transport on Windows
@@ -269,19 +300,14 @@ class Coordinator:
         if self._learner is not None:
             self.learner_sock = router(self.ctx, learner_bind, options)
             self.learner_endpoint = bound_endpoint(self.learner_sock)
-        if self.bind:
+        launched = self.launcher.remote and self.local_workers > 0
+        if self.bind or launched:
             curve = None
-            if self.keys:
+            secret_file, allowed, extra = self._server_keys(launched)
+            if secret_file is not None:
                 from asyncrl.runtime.auth import ServerCurve, start_authenticator
 
-                key_dir = Path(self.keys)
-                secret_file = key_dir / "server.key_secret"
-                if not secret_file.exists() or not (key_dir / "authorized").is_dir():
-                    raise RuntimeError_(
-                        f"key directory {self.keys!r} lacks server.key_secret or "
-                        "authorized/ (make one with `asyncrl keygen DIR`)"
-                    )
-                self._authenticator = start_authenticator(self.ctx, key_dir / "authorized")
+                self._authenticator = start_authenticator(self.ctx, allowed, extra)
                 curve = ServerCurve(secret_file, self._authenticator)
             # A remote peer's messages wait in a short queue (libzmq stops reading its socket
             # when it is full): what one peer can make this process buffer is about
@@ -291,11 +317,17 @@ class Coordinator:
                 remote_options = dataclasses.replace(
                     remote_options, max_message_bytes=self.remote_max_message_bytes
                 )
+            # Without sampler.bind the socket is bound for launched workers only: on loopback
+            # when the cluster is this machine, else on the address the cluster reaches us at.
+            bind = self.bind or f"tcp://{self.launcher.join_host or '127.0.0.1'}:*"
             try:
-                self.remote_sock = router(self.ctx, self.bind, remote_options, curve=curve)
+                self.remote_sock = router(self.ctx, bind, remote_options, curve=curve)
             except zmq.ZMQError as e:
-                raise RuntimeError_(f"cannot bind {self.bind!r}: {e}") from None
-            self.remote_endpoint = bound_endpoint(self.remote_sock)
+                raise RuntimeError_(f"cannot bind {bind!r}: {e}") from None
+            bound = bound_endpoint(self.remote_sock)
+            self.remote_endpoint = bound if self.bind else ""
+            if launched:
+                self.launch_endpoint = _reachable(bound, self.launcher.join_host)
         spawn = self.host.spawn
         spawn(self._reader(self.local_sock, "local"))
         if self.learner_sock is not None:
@@ -305,8 +337,41 @@ class Coordinator:
             if self._authenticator is not None:
                 from asyncrl.runtime.auth import watch_handshakes
 
-                spawn(watch_handshakes(self.remote_sock, self.remote_endpoint, self._on_refused))
+                spawn(watch_handshakes(self.remote_sock, bound, self._on_refused))
         spawn(self._monitor())
+
+    def _server_keys(self, launched: bool) -> tuple[Path | None, Path | None, set]:
+        """(server secret file, allowed-keys directory, extra allowed keys) of the TCP socket;
+        (None, None, set()) for no CURVE. A remote launcher's workers get a client key pair made
+        for this run (``launcher.keys``); without the user's keys the server's pair is made
+        for this run too, and only the run's client key is allowed."""
+        from asyncrl.runtime.auth import generate_keypair, load_keypair
+
+        run_keys = Path(self._ipc_dir) / "keys"
+        if self.keys:
+            key_dir = Path(self.keys)
+            secret_file, allowed = key_dir / "server.key_secret", key_dir / "authorized"
+            if not secret_file.exists() or not allowed.is_dir():
+                raise RuntimeError_(
+                    f"key directory {self.keys!r} lacks server.key_secret or "
+                    "authorized/ (make one with `asyncrl keygen DIR`)"
+                )
+        elif self.bind:  # the user's bind without keys (loopback, or --insecure): no CURVE
+            return None, None, set()
+        else:
+            _, secret_file = generate_keypair(run_keys, "server")
+            allowed = run_keys / "authorized"
+            allowed.mkdir()
+        extra: set = set()
+        if launched:
+            _, client_secret_file = generate_keypair(run_keys, "launched")
+            client_pub, client_secret = load_keypair(client_secret_file)
+            extra.add(client_pub)
+            server_pub, _ = load_keypair(secret_file)
+            self.launcher.keys = JoinKeys(
+                server_pub.decode(), client_pub.decode(), client_secret.decode()
+            )
+        return secret_file, allowed, extra
 
     def _on_refused(self) -> None:
         self.refused_workers += 1
@@ -328,19 +393,35 @@ class Coordinator:
 
     # ------------------------------------------------------------------ local processes
     def _spawn_local(self, slot: int) -> None:
-        """Start local worker ``slot`` (the launcher's key is the slot number)."""
+        """Start the worker of ``slot`` (the launcher's key is the slot number): a local
+        process on ipc, or, with a remote launcher, a program that joins over TCP with the
+        launch token (its identity random in part: no peer can take it before it connects)."""
+        incarnation = self.restarts.get(slot, 0)
+        if self.launcher.remote:
+            where = [
+                "--connect",
+                self.launch_endpoint,
+                "--id",
+                f"local-{slot}-{incarnation}-{secrets.token_hex(4)}",
+                "--launch-token",
+                self.launch_token,
+            ]
+        else:
+            where = [
+                "--connect",
+                self.local_endpoint,
+                "--id",
+                f"local-{slot}-{incarnation}",
+                "--parent-pid",
+                str(os.getpid()),
+            ]
         self.launcher.start(
             slot,
             "sampler",
             [
-                "--connect",
-                self.local_endpoint,
+                *where,
                 "--slot",
                 str(slot),
-                "--id",
-                f"local-{slot}-{self.restarts.get(slot, 0)}",
-                "--parent-pid",
-                str(os.getpid()),
                 "--heartbeat",
                 str(self.heartbeat_s),
                 "--dead-after",
@@ -364,7 +445,7 @@ class Coordinator:
 
     def kill_learner(self, sig: int = 9) -> int:
         """Send ``sig`` to the learner process (tests and fault drills); returns its pid."""
-        return self.launcher.kill(LEARNER, sig)
+        return self.learner_launcher.kill(LEARNER, sig)
 
     def _restart(self, slot: int, why: str, productive: bool) -> None:
         """The worker of local ``slot`` is dead (process gone): start its replacement now or
@@ -558,16 +639,41 @@ class Coordinator:
         )
 
     def _remote_register_refusal(self, peer: bytes, meta: dict) -> str:
+        if not self.bind:  # the TCP socket was bound for launched workers only
+            return "this run takes no remote workers (it has no sampler.bind)"
         return self.registry.remote_refusal(
             peer, meta, mode=self.mode, allow_remote=self.refuse_remote
         )
+
+    def _launch_refusal(self, meta: dict) -> str:
+        """'' if a TCP REGISTER claiming a slot carries this run's launch token, else why not."""
+        token = meta.get("launch_token")
+        if (
+            not self.launcher.remote
+            or type(token) is not str
+            or not hmac.compare_digest(token.encode(), self.launch_token.encode())
+        ):
+            return (
+                f"claiming worker slot {meta.get('slot')!r} needs this run's launch token "
+                "(only the workers its launcher started take slots)"
+            )[:200]
+        return ""
 
     async def _on_register(self, sock, name: str, peer: bytes, header: Header) -> None:
         meta = header.meta if isinstance(header.meta, dict) else {}
         if self._stopping:
             await self._refuse(sock, peer, "run is stopping")
             return
-        if name == "local":
+        # A TCP peer claiming a slot (or showing a token) must be one our launcher started.
+        launched = name == "remote" and (
+            "launch_token" in meta or meta.get("slot", -1) not in (-1, None)
+        )
+        if launched:
+            reason = self._launch_refusal(meta)
+            if reason:
+                await self._refuse(sock, peer, reason)
+                return
+        if name == "local" or launched:
             slot = meta.get("slot", -1)
             if type(slot) is not int or not 0 <= slot < self.local_workers:
                 await self._refuse(sock, peer, f"bad local slot {slot!r}"[:100])
@@ -593,7 +699,7 @@ class Coordinator:
             self.shm.allow(peer)
         record = WorkerRecord(
             peer=peer,
-            local=(name == "local"),
+            local=(name == "local" or launched),  # a slot worker
             slot=slot,
             env_offset=offset,
             num_envs=n_envs,
@@ -626,7 +732,7 @@ class Coordinator:
         log.info(
             "worker %r registered (%s, envs %d..%d, %s)",
             peer,
-            name,
+            f"slot {slot}, launched" if launched else name,
             offset,
             offset + n_envs - 1,
             path,
@@ -635,10 +741,10 @@ class Coordinator:
             self._registered.notify_all()
         await self.flow.on_register(record)
 
-    def _forget(self, worker: WorkerRecord) -> None:
+    def _forget(self, worker: WorkerRecord, unlink: bool = False) -> None:
         self.registry.remove(worker.peer)
         self._finals.pop(worker.peer, None)
-        self.shm.forget(worker.peer)
+        self.shm.forget(worker.peer, unlink)
 
     def declare_dead(self, worker: WorkerRecord, why: str) -> None:
         if not worker.alive:
@@ -658,7 +764,9 @@ class Coordinator:
         if owed:
             self.lost_batches += 1
         self.flow.on_dead(worker, owed)
-        self._forget(worker)
+        # A launched worker that died without its goodbye may have taken its resource tracker
+        # with it (Ray and Slurm end a dead worker's children): its batch slots are unlinked here.
+        self._forget(worker, unlink=worker.local and self.launcher.remote and why != "said goodbye")
         if worker.local and not self._stopping:
             # a stalled local worker: make sure it is gone before replacing it
             self.launcher.kill_and_wait(worker.slot)
@@ -684,7 +792,7 @@ class Coordinator:
                     self.declare_dead(worker, f"silent for {now - worker.last_seen:.1f} s")
             # Local processes that died before registering.
             registered_slots = self.registry.registered_slots()
-            for slot in [k for k in self.launcher.processes if isinstance(k, int)]:
+            for slot in [k for k in list(self.launcher.processes) if isinstance(k, int)]:
                 code = self.launcher.exit_code(slot)
                 if (
                     slot not in registered_slots
@@ -695,7 +803,7 @@ class Coordinator:
                     log.warning("local worker %d exited with %s before registering", slot, code)
                     self._restart(slot, f"exited with {code} before registering", False)
             if self._learner is not None and not self._stopping:
-                code = self.launcher.exit_code(LEARNER)
+                code = self.learner_launcher.exit_code(LEARNER)
                 if code is not None and self.failure is None:
                     self._fail(
                         f"the learner process exited with code {code}; the run cannot "
@@ -892,6 +1000,15 @@ class Coordinator:
             "dropped_messages": self.dropped_messages,
             "refused_workers": self.refused_workers,
         }
+
+
+def _reachable(endpoint: str, host: str) -> str:
+    """``endpoint`` with a wildcard host (``*``, 0.0.0.0, ::) replaced by ``host``: the address
+    to connect to, not to bind."""
+    address, _, port = endpoint[len("tcp://") :].rpartition(":")
+    if host and address.strip("[]") in ("*", "0.0.0.0", "::", ""):
+        return f"tcp://{host}:{port}"
+    return endpoint
 
 
 def _first_dim(tree) -> int:

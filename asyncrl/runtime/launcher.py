@@ -1,6 +1,7 @@
 """The launcher: starts, signals and reaps the run's processes (sampler workers, the learner,
-the replay store). Today: local subprocesses; Ray actors and Slurm jobs go behind the same
-interface (``Launcher``).
+the replay store). Local subprocesses here (``LocalLauncher``, the default); Ray actors and
+Slurm jobs (submitit) for the sampler slots behind the same interface (``Launcher``) in
+``cluster.py``.
 
 Owns process handles only. Which program runs is named by role (``PROGRAMS``): this is the one
 place that knows the ``workers`` package by module name (``asyncrl`` never imports it). Every
@@ -15,8 +16,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 # role -> the module run with ``python -m``; the programs live in the top-level workers package
 PROGRAMS = {
@@ -33,13 +35,53 @@ PROGRAMS = {
 _QUIET_TRACKER = ["-W", "ignore::UserWarning:multiprocessing.resource_tracker"]
 
 
-class Launcher(Protocol):
-    """What the runtime needs from a way of starting processes (local, Ray, Slurm)."""
+class LauncherError(RuntimeError):
+    """A launcher cannot start its programs (a package missing, the cluster unreachable or
+    full); one line for the user."""
 
+
+@dataclass(frozen=True)
+class JoinKeys:
+    """The CURVE key material (z85 text) a launched program joins the coordinator with: the
+    server's public key and the run's own client key pair. Handed over as data (an actor's or a
+    job's arguments), never as paths: the program may run on another machine."""
+
+    server_public: str
+    client_public: str
+    client_secret: str
+
+
+class Launcher(Protocol):
+    """What the runtime needs from a way of starting processes (local, Ray, Slurm).
+
+    A key names what runs: a sampler slot's number, or "learner". ``processes`` holds one handle
+    per started key (the coordinator reads which slots exist from it). A ``remote`` launcher's
+    programs may run on other machines: they join over TCP at an address on ``join_host`` with
+    ``keys`` and the run's launch token (set by the coordinator before the first ``start``)
+    instead of over ipc, and they cannot watch the training process's pid."""
+
+    remote: bool
+    join_host: str  # remote: the address its programs reach this host at (known after prepare)
+    keys: JoinKeys | None  # remote: what its programs authenticate with (None: no CURVE)
+    processes: dict[Hashable, Any]
+
+    def prepare(
+        self, slots: int
+    ) -> None: ...  # before the first start (may block, may raise LauncherError)
     def start(self, key: Hashable, role: str, args: Sequence[str]) -> int: ...
     def exit_code(self, key: Hashable) -> int | None: ...
     def kill(self, key: Hashable, sig: int = 9) -> int: ...
+    def kill_and_wait(self, key: Hashable, timeout: float = 5.0) -> None: ...
+    def forget(self, key: Hashable) -> None: ...
     def reap(self, timeout: float) -> None: ...
+    def close(self) -> None: ...  # after the last reap: let go of the cluster
+
+
+def source_root() -> str:
+    """The checkout this package runs from when ``workers`` sits next to ``asyncrl`` (a run
+    without installing), else ''."""
+    root = Path(__file__).resolve().parents[2]
+    return str(root) if (root / "workers").is_dir() else ""
 
 
 def program_command(role: str, args: Sequence[str]) -> list[str]:
@@ -57,8 +99,8 @@ def program_env(torch_threads: int = 1) -> dict[str, str]:
     checkout run without installing: ``workers`` sits next to ``asyncrl``)."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(torch_threads))
-    root = str(Path(__file__).resolve().parents[2])
-    if (Path(root) / "workers").is_dir():
+    root = source_root()
+    if root:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -81,9 +123,19 @@ def popen(role: str, args: Sequence[str], torch_threads: int = 1, **kwargs) -> s
 class LocalLauncher:
     """Local subprocesses, one per key (a sampler slot, "learner", ...)."""
 
+    remote = False  # its programs join over ipc and watch our pid
+    join_host = ""
+    keys = None
+
     def __init__(self, torch_threads: int = 1):
         self.torch_threads = torch_threads
         self.processes: dict[Hashable, subprocess.Popen] = {}
+
+    def prepare(self, slots: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def start(self, key: Hashable, role: str, args: Sequence[str]) -> int:
         proc = popen(role, args, self.torch_threads)

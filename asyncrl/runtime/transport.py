@@ -734,9 +734,15 @@ class ShmReceiver:
     def allow(self, peer: bytes = b"") -> None:
         self._peers.setdefault(peer, {})
 
-    def forget(self, peer: bytes = b"") -> None:
+    def forget(self, peer: bytes = b"", unlink: bool = False) -> None:
+        """Detach ``peer``'s segments; ``unlink`` also removes them, for a sender that died
+        with nobody left to do it (a Ray actor's or a Slurm job's resource tracker dies with
+        it: Ray and Slurm end a dead worker's child processes too)."""
         for segment in self._peers.pop(peer, {}).values():
+            name = segment.handle.name
             segment.release()
+            if unlink:
+                _unlink_segment(name)
 
     def close(self) -> None:
         for peer in list(self._peers):
@@ -765,6 +771,19 @@ class ShmReceiver:
                 ) from None
             segments[name] = segment
         return segment.tree
+
+
+def _unlink_segment(name: str) -> None:
+    """Remove another process's segment by name, without this process's resource tracker (it
+    never registered the segment, and would complain about unregistering it)."""
+    try:
+        import _posixshmem
+    except ImportError:  # pragma: no cover - Windows: a segment goes with its last handle
+        return
+    try:
+        _posixshmem.shm_unlink(name if name.startswith("/") else "/" + name)
+    except (FileNotFoundError, OSError):
+        pass
 
 
 def _check_schema(schema: Any, depth: int = 0) -> None:

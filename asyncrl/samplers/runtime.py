@@ -44,6 +44,12 @@ class RuntimeSampler(Sampler):
             raise ConfigError("sampler.workers=0 needs sampler.bind (remote workers only)")
         if s.mode == "alternating" and s.workers and s.num_envs // s.workers < 2:
             raise ConfigError("alternating mode needs at least 2 envs per worker")
+        if s.launcher != "local":  # before any process starts: one line, how to install it
+            from asyncrl.runtime.cluster import missing_dependency
+
+            missing = missing_dependency(s.launcher)
+            if missing:
+                raise ConfigError(missing)
         if s.restart_limit < 0:
             raise ConfigError(f"sampler.restart_limit must be >= 0, got {s.restart_limit}")
         if not s.restart_window_s > 0:
@@ -136,7 +142,32 @@ class RuntimeSampler(Sampler):
                 window_s=s.restart_window_s,
                 backoff_s=s.restart_backoff_s,
             ),
+            launcher=self._launcher(),
         )
+
+    def _launcher(self):
+        """The worker slots' launcher (``sampler.launcher``); None: local processes. Slurm
+        jobs write their files and logs to ``RUN_DIR/submitit/workers/`` (beside the files of
+        ``asyncrl submit``'s own job in ``RUN_DIR/submitit/``)."""
+        from pathlib import Path
+
+        s = self.cfg.sampler
+        if s.launcher == "ray":
+            from asyncrl.runtime.cluster import RayLauncher
+
+            return RayLauncher(address=s.ray_address, strategy=s.ray_strategy)
+        if s.launcher == "slurm":
+            from asyncrl.runtime.cluster import SlurmLauncher
+
+            return SlurmLauncher(
+                folder=Path(self.cfg.run_dir) / "submitit" / "workers" if self.cfg.run_dir else "",
+                cluster=s.slurm_cluster,
+                partition=s.slurm_partition,
+                time_min=s.slurm_time_min,
+                cpus=s.slurm_cpus,
+                gpus=s.slurm_gpus,
+            )
+        return None
 
     def _remote_message_limit(self) -> int:
         """Bytes of the largest batch a remote worker may send (its most envs), plus 1 MiB for
@@ -144,7 +175,10 @@ class RuntimeSampler(Sampler):
         from asyncrl.runtime.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
         step_bytes = sum(int(np.asarray(x).nbytes) for x in tree_leaves(self.example)) + 4
-        batch = self.horizon * self.cfg.sampler.max_envs_per_worker * step_bytes
+        envs = self.cfg.sampler.max_envs_per_worker
+        if self.cfg.sampler.launcher != "local":  # launched slot workers send on that socket too
+            envs = max(envs, self.envs_per_worker)
+        batch = self.horizon * envs * step_bytes
         return int(min(max(batch + 2**20, 4 * 2**20), DEFAULT_MAX_MESSAGE_BYTES))
 
     # ------------------------------------------------------------------ sampling
@@ -294,8 +328,11 @@ def worker_config(cfg: TrainConfig) -> dict:
     d.pop("log", None)
     d.pop("preset", None)
     sampler = d.get("sampler", {})
-    for key in ("bind", "keys", "insecure"):
+    for key in ("bind", "keys", "insecure", "ray_address"):
         sampler.pop(key, None)
+    # Without the bind, a remote-only run's `workers = 0` would not validate on the worker
+    # (`config_from_dict`), and every remote worker would exit; the worker does not use it.
+    sampler["workers"] = max(1, int(sampler.get("workers", 1)))
     return d
 
 

@@ -102,6 +102,17 @@ def test_registered_reply_carries_no_paths_or_network_settings(tmp_path):
     assert rebuilt.env.id == cfg.env.id and rebuilt.model == cfg.model
 
 
+def test_remote_only_run_config_validates_on_the_worker():
+    """`asyncrl coordinator --workers 0`: the bind is stripped, so `workers = 0` must not reach
+    the worker (it would refuse the config and exit)."""
+    from asyncrl.configs.config import config_from_dict
+    from asyncrl.samplers.runtime import worker_config
+    from tests.runtime._runtime_helpers import config
+
+    cfg = config(sets=['sampler.bind="tcp://127.0.0.1:5555"', "sampler.workers=0"])
+    assert config_from_dict(worker_config(cfg)).sampler.workers >= 1
+
+
 def _answer_rounds(sock, run_id: str, rounds: int, stop: threading.Event, tree_for):
     """A remote peer answering each PARAMS request with ``tree_for(seq)`` (None: stay silent
     but keep heartbeating)."""
