@@ -269,8 +269,8 @@ class Learner:
             return
         try:
             self.write_state(self.rescue_path)
-        except Exception:  # noqa: BLE001 - the error being reported matters more
-            log.warning("could not write the learner's state after the failure", exc_info=True)
+        except Exception as e:  # noqa: BLE001 - the error being reported matters more: one line
+            log.warning("could not write the learner's state after the failure: %s", e)
 
     def close(self) -> None:
         for s in self.slots:
