@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from asyncrl.algos import ddp
-from asyncrl.algos.clipped import clipped_step, mean_stats, new_stats
+from asyncrl.algos.clipped import clipped_step, mean_stats, new_stats, share_advantage
 from asyncrl.algos.optim import make_adam
 from asyncrl.algos.pg_batch import (
     annealed,
@@ -167,11 +167,13 @@ class APPO:
             else:
                 perm = torch.randperm(n, generator=self.generator).to(dev)
                 for start in range(0, n - mb_size + 1, mb_size):
-                    idx = ddp.shard(perm[start : start + mb_size])  # data-parallel: a share
+                    whole = perm[start : start + mb_size]
+                    idx = ddp.shard(whole)  # data-parallel learners: each its share
+                    adv_mb, normalized = share_advantage(cfg, adv, whole, idx)
                     dist, value = agent.model(tree_map(lambda x, i=idx: x[i], obs))
                     stop = clipped_step(
-                        self, cfg, clip, dist, value, action[idx], behaviour_logp[idx], adv[idx],
-                        vs[idx], start_value[idx], stats,
+                        self, cfg, clip, dist, value, action[idx], behaviour_logp[idx], adv_mb,
+                        vs[idx], start_value[idx], stats, normalized=normalized,
                     )  # fmt: skip
                     if stop:
                         break

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from asyncrl.algos import ddp
-from asyncrl.algos.clipped import clipped_step, mean_stats, new_stats
+from asyncrl.algos.clipped import clipped_step, mean_stats, new_stats, share_advantage
 from asyncrl.algos.optim import make_adam
 from asyncrl.algos.pg_batch import annealed, flatten_time_env, pg_batch, set_learning_rate
 from asyncrl.algos.returns import gae
@@ -81,11 +81,13 @@ class PPO:
         for _ in range(cfg.epochs):
             perm = torch.randperm(n, generator=self.generator).to(dev)
             for start in range(0, n - mb_size + 1, mb_size):
-                idx = ddp.shard(perm[start : start + mb_size])  # data-parallel: a share
+                whole = perm[start : start + mb_size]
+                idx = ddp.shard(whole)  # data-parallel learners: each its share
+                adv, normalized = share_advantage(cfg, adv_t, whole, idx)
                 dist, value = agent.model(tree_map(lambda x, i=idx: x[i], obs))
                 stop = clipped_step(
-                    self, cfg, clip, dist, value, action[idx], old_logp[idx], adv_t[idx],
-                    ret_t[idx], old_value[idx], stats,
+                    self, cfg, clip, dist, value, action[idx], old_logp[idx], adv,
+                    ret_t[idx], old_value[idx], stats, normalized=normalized,
                 )  # fmt: skip
                 if stop:
                     break

@@ -96,16 +96,17 @@ class SAC(ReplayLearner):
         actor_loss = (alpha * logp - q_pi).mean()
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=self.actor_params)
-        ddp.reduce_gradients(self.actor_params)
-        self.actor_opt.step()
-
         logp = logp.detach()
         if cfg.auto_alpha:
             # J(alpha) = E[-alpha (log pi + H_target)] (Haarnoja et al. 2018b, eq. 18), on log alpha.
+            # Its gradient needs neither the actor's step nor the critics': it is taken here, so
+            # that data-parallel learners average both gradients in one exchange.
             alpha_loss = -(self.log_alpha * (logp + self.target_entropy)).mean()
             self.alpha_opt.zero_grad(set_to_none=True)
             alpha_loss.backward()
-            ddp.reduce_gradients([self.log_alpha])
+        ddp.reduce_gradients(self.actor_params + [self.log_alpha] * cfg.auto_alpha)
+        self.actor_opt.step()
+        if cfg.auto_alpha:
             self.alpha_opt.step()
         polyak_update(self.critic_target_params, self.critic_params, cfg.tau)
         return {
