@@ -6,8 +6,6 @@ Real worker processes and sockets on loopback (ipc and shared memory on this hos
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 import torch
@@ -190,30 +188,46 @@ def test_the_r2d1_state_flows_as_in_serial(mode, serial_r2d1_batches):
 
 @pytest.mark.learning
 @pytest.mark.parametrize("mode", ["parallel", "central", "alternating"])
-def test_ppo_learns_cartpole_in_every_mode(mode, tmp_path):
+def test_ppo_learns_cartpole_in_every_mode(mode, tmp_path, monkeypatch):
     """PPO (ppo_classic preset) on 2 workers x 4 envs reaches a mean evaluation return of 475
-    within 150k steps. The run is 40k steps long (this preset gets to 500 by 20-40k steps)
-    to keep the test short; evaluation every 10k steps, 10 episodes."""
-    steps = 40_000
+    within 150k steps (evaluation every 10k steps, 10 episodes). The run stops at the first
+    evaluation that does (this preset gets there by 20-40k steps), to keep the test short.
+
+    The budget, not a shorter fixed run: alternating mode is not bit-reproducible (the
+    inference server batches whatever requests are waiting, and a forward pass over another
+    batch composition may round a logit differently), so its learning curve varies from run to
+    run, and in one of three full-suite runs seen, a 40k-step budget fell short."""
+    import importlib
+
+    from asyncrl.runners.run import StopTraining
+
+    train_module = importlib.import_module("asyncrl.runners.train")  # (the package's name is
+    # also the function's)
+
+    evals: list[tuple[int, float]] = []
+    evaluate = train_module.evaluate
+
+    def evaluate_until_solved(*args, **kwargs):
+        returns = evaluate(*args, **kwargs)
+        evals.append((len(evals), float(returns.mean())))
+        if float(returns.mean()) >= 475:
+            raise StopTraining()  # solved: the run stops with a final checkpoint
+        return returns
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate_until_solved)
     cfg = config(
         run_dir=tmp_path,
         sets=[
             f'sampler.mode="{mode}"',
             "sampler.workers=2",
             "sampler.num_envs=8",
-            f"steps={steps}",
+            "steps=150000",
             "seed=1",
             "log.eval_every=10000",
         ],
     )
     assert cfg.sampler.horizon == 32 and cfg.algo_params.epochs == 20  # the preset
     result = asyncrl.train(cfg)
-    with open(tmp_path / "progress.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    evals = [
-        (int(r["env_steps"]), float(r["eval_return_mean"])) for r in rows if r["eval_return_mean"]
-    ]
-    assert steps <= result.env_steps <= 150_000
-    assert len(evals) >= 4, evals
-    assert max(e for _, e in evals) >= 475, evals
+    assert evals and max(e for _, e in evals) >= 475, evals
+    assert result.interrupted and result.env_steps <= 150_000, evals  # stopped when solved
     assert "registered (local, envs 4..7" in (tmp_path / "train.log").read_text()
