@@ -45,8 +45,9 @@ def shm_segments() -> set[str]:
         return set()
 
 
-def worker_processes(root_pid: int | None = None) -> list[psutil.Process]:
-    """Live ``workers.sampler`` processes below ``root_pid`` (default: this process)."""
+def worker_processes(root_pid: int | None = None, module: str = "workers.sampler") -> list:
+    """Live ``module`` processes (default: sampler workers) below ``root_pid`` (default: this
+    process)."""
     try:
         procs = psutil.Process(root_pid or os.getpid()).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -54,7 +55,7 @@ def worker_processes(root_pid: int | None = None) -> list[psutil.Process]:
     out = []
     for p in procs:
         try:
-            if p.status() != psutil.STATUS_ZOMBIE and "workers.sampler" in " ".join(p.cmdline()):
+            if p.status() != psutil.STATUS_ZOMBIE and module in " ".join(p.cmdline()):
                 out.append(p)
         except psutil.Error:
             pass

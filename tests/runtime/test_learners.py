@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 
-import psutil
 import pytest
 
 from asyncrl.logging.checkpoint import list_checkpoints, load_checkpoint
@@ -17,6 +16,7 @@ from tests.runtime._runtime_helpers import (
     no_leftovers,  # noqa: F401 - module fixture: no process or segment left behind
     popen,
     wait_until,
+    worker_processes,
 )
 
 QUIET = ["--no-progress", "--set", "log.tensorboard=false", "--set", "log.eval_every=-1"]
@@ -29,19 +29,8 @@ def _train(run_dir, algo, env, steps, *extra):
     )  # fmt: skip
 
 
-def _peers(pid: int) -> list[psutil.Process]:
-    out = []
-    try:
-        procs = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return out
-    for p in procs:
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE and "workers.peer" in " ".join(p.cmdline()):
-                out.append(p)
-        except psutil.Error:
-            pass
-    return out
+def _peers(pid: int) -> list:
+    return worker_processes(pid, "workers.peer")
 
 
 def _rows(run_dir) -> list[dict]:
