@@ -381,6 +381,138 @@ async def worker_main(args) -> int:
         lengths = [n for s in episodes for n in s.lengths]
         return final, boot, returns, lengths
 
+    # Same-host central/alternating workers: actions through shared memory (the inference
+    # channel), stepped in the collect thread; the loop keeps answering heartbeats meanwhile.
+    channel = None
+    if mode != "parallel" and meta.get("inference"):
+        from asyncrl.runtime.inference import InferenceClient, slot_example
+
+        slot = slot_example(env0.obs_example, env0.action_example, info_example)
+        try:
+            channel = await loop.run_in_executor(
+                executor,
+                lambda: InferenceClient(
+                    meta["inference"],
+                    worker_id,
+                    env_ids,
+                    slot,
+                    timeout_s=args.dead_after,
+                    should_stop=stop.is_set,
+                ),
+            )
+        except Exception as e:  # noqa: BLE001 - one line, then the worker exits
+            print(f"asyncrl worker: cannot attach to the inference server: {e}", file=sys.stderr)
+            executor.shutdown(wait=True)
+            sender.close()
+            for e_ in envs:
+                e_.close()
+            sock.close(linger=200)
+            ctx.term()
+            return 4
+
+    def ask(obs, ids, what, reward=None, reset=None):
+        """From the collect thread: a value request on the message path (variable size)."""
+
+        async def go():
+            fut = await remote.request(obs, ids, what=what, reward=reward, reset=reset)
+            return await asyncio.wait_for(fut, args.dead_after)
+
+        return asyncio.run_coroutine_threadsafe(go(), loop).result()
+
+    def collect_shm(buf):
+        """collect_central's steps, on the shared-memory channel (in the collect thread)."""
+        from asyncrl.runtime.inference import KIND_ACT, KIND_VALUE
+
+        final: list = []
+        timeout_value = buf.env.env_info.timeout_value
+        timeout_value[:] = 0
+        col = [slice(int(starts[g]), int(starts[g]) + sizes[g]) for g in range(groups)]
+        views = channel.views
+        channel.oldest_version = None
+
+        def request(g, kind, reset, reward):
+            view = views[g]
+            has_reset = reset is not None and bool(reset.any())
+            if has_reset:
+                view.reset[:] = reset
+            if reward is not None:
+                view.reward[:] = reward
+            channel.request(g, kind, reset=has_reset, reward=reward is not None)
+
+        for g in range(groups):
+            views[g].observation[:] = obs_state[g]
+            request(g, KIND_ACT, ended[g], rewards[g])
+        ended[:] = [None] * groups
+        replied = [False] * groups  # a reply already taken (recurrent final values)
+        for t in range(horizon):
+            for g in range(groups):
+                if not replied[g]:
+                    channel.wait(g)
+                replied[g] = False
+                slot_view = views[g]
+                action = np.array(slot_view.action)  # the next request's reply overwrites it
+                view = buf[t, col[g]]
+                view.env.observation[:] = obs_state[g]
+                view.agent.action[:] = action
+                view.agent.prev_action[:] = prev_action[g]
+                if view.agent.agent_info is not None and slot_view.agent_info is not None:
+                    view.agent.agent_info[:] = slot_view.agent_info
+                obs, reward, terminated, truncated, fo = envs[g].step(action)
+                view.env.reward[:] = reward
+                view.env.terminated[:] = terminated
+                view.env.truncated[:] = truncated
+                done = terminated | truncated
+                prev_action[g] = action
+                prev_action[g][done] = 0
+                obs_state[g] = obs
+                if recurrent:
+                    rewards[g] = np.asarray(reward, np.float32)
+                for b, o in fo:
+                    final.append((t, int(starts[g]) + b, o))
+                last = t + 1 == horizon
+                if not last:
+                    slot_view.observation[:] = obs
+                    request(g, KIND_ACT, done, rewards[g])
+                elif done.any():
+                    ended[g] = done.copy()  # told with the first request of the next batch
+                if recurrent and fo and want_values:
+                    # As in collect_central; the act request just sent (with its resets) is
+                    # answered first, so the server has kept the ended episodes' states.
+                    if not last:
+                        channel.wait(g)
+                        replied[g] = True
+                    stacked = tree_map(lambda *xs: np.stack(xs), *[o for _, o in fo])
+                    idx = [b for b, _ in fo]
+                    reply = ask(
+                        stacked,
+                        env_ids[g][idx],
+                        "value" if last else "final_value",
+                        reward=rewards[g][idx] if last else None,
+                    )
+                    for (b, _), v in zip(fo, reply.action):
+                        view.env.env_info.timeout_value[b] = v
+        boot = np.zeros(n_envs, np.float32)
+        if want_values:
+            for g in range(groups):
+                views[g].observation[:] = obs_state[g]
+                request(g, KIND_VALUE, ended[g] if recurrent else None, rewards[g])
+                if recurrent:
+                    ended[g] = None
+            for g in range(groups):
+                channel.wait(g)
+                boot[col[g]] = views[g].value
+            if final and not recurrent:
+                stacked = tree_map(lambda *xs: np.stack(xs), *[o for _, _, o in final])
+                ids = np.array([offset + b for _, b, _ in final], np.int64)
+                reply = ask(stacked, ids, "value")
+                for (t, b, _), v in zip(final, reply.action):
+                    timeout_value[t, b] = v
+        channel.end()
+        episodes = [e.pop_episode_stats() for e in envs]
+        returns = [r for s in episodes for r in s.returns]
+        lengths = [n for s in episodes for n in s.lengths]
+        return final, boot, returns, lengths
+
     async def do_sample(itr: int, policy_version: int):
         nonlocal steps_done, rate
         t0 = time.perf_counter()
@@ -394,10 +526,19 @@ async def worker_main(args) -> int:
                 tree.bootstrap_value[:] = boot
         else:
             remote.oldest_version = None
-            final, boot, returns, lengths = await collect_central(tree.samples)
+            if channel is not None:
+                final, boot, returns, lengths = await loop.run_in_executor(
+                    executor, collect_shm, tree.samples
+                )
+            else:
+                final, boot, returns, lengths = await collect_central(tree.samples)
             tree.bootstrap_value[:] = boot
-            if remote.oldest_version is not None:  # the oldest policy that acted in it
-                policy_version = remote.oldest_version
+            versions = [remote.oldest_version]
+            if channel is not None:
+                versions.append(channel.oldest_version)
+            versions = [v for v in versions if v is not None]
+            if versions:  # the oldest policy that acted in it
+                policy_version = min(versions)
         steps_done += horizon * n_envs
         rate = horizon * n_envs / max(time.perf_counter() - t0, 1e-9)
         if final:
@@ -510,6 +651,8 @@ async def worker_main(args) -> int:
             except Exception:  # noqa: BLE001
                 pass
         executor.shutdown(wait=True, cancel_futures=True)  # a batch being stepped finishes first
+        if channel is not None:  # (its socket was the collect thread's, which has finished)
+            channel.close()
         sender.close()
         for e in envs:
             e.close()

@@ -55,6 +55,12 @@ class SamplerConfig:
     heartbeat_s: float = 1.0  # heartbeat period between coordinator and workers
     worker_timeout_s: float = 5.0  # a worker silent this long is declared dead
     min_workers: int = 1  # batches wait until this many workers are registered
+    # Central/alternating inference: asynchronous runs serve a split (group g of every worker)
+    # once all its requests are in or after this wait; synchronous runs wait for the whole
+    # split, so that every forward pass sees the same rows (the same numbers every run).
+    inference_wait_ms: float = 1.0
+    # Pin local worker k to CPU k mod cores (Linux; "": no pinning, "auto": one core each).
+    worker_affinity: str = ""
     # Remote workers (sampler.bind): what one peer may make the coordinator hold.
     max_remote_workers: int = 32  # registered at once; more are refused
     max_remote_envs: int = 1024  # envs of all remote workers together; more are refused

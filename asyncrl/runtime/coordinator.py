@@ -133,6 +133,7 @@ class Coordinator:
         learner: tuple | None = None,
         refuse_remote: str = "",
         launcher: Launcher | None = None,
+        inference_wait_s: float = 0.001,
     ):
         self.config_dict = config_dict
         self.mode, self.horizon = mode, horizon
@@ -197,6 +198,8 @@ class Coordinator:
         self._finals: dict[bytes, list] = {}
         self._agent = None
         self.inference: InferenceServer | None = None
+        self.inference_endpoint = ""  # the shared-memory inference channel (same-host workers)
+        self.inference_wait_s = inference_wait_s
         self._params_for_workers: tuple | None = None  # async: (names, params, version)
         self._acting: dict = {}
         self._stopping = False
@@ -328,6 +331,13 @@ class Coordinator:
             self.remote_endpoint = bound if self.bind else ""
             if launched:
                 self.launch_endpoint = _reachable(bound, self.launcher.join_host)
+        if self.inference is not None and os.name == "posix":
+            self.inference_endpoint = self.inference.open_channel(
+                os.path.join(self._ipc_dir, "inference.sock"),
+                self._may_attach,
+                synchronous=not isinstance(self.flow, AsyncFlow),
+                wait_s=self.inference_wait_s,
+            )
         spawn = self.host.spawn
         spawn(self._reader(self.local_sock, "local"))
         if self.learner_sock is not None:
@@ -720,6 +730,8 @@ class Coordinator:
                 "horizon": self.horizon,
                 "mode": self.mode,
                 "path": path,
+                # same host: actions through shared memory, the socket carries 8-byte requests
+                "inference": self.inference_endpoint if path == "shm" else "",
                 "heartbeat_s": self.heartbeat_s,
                 "torch_threads": self.torch_threads,
                 "info_schema": self.info_schema,
@@ -741,7 +753,28 @@ class Coordinator:
             self._registered.notify_all()
         await self.flow.on_register(record)
 
+    def _may_attach(self, peer: bytes, env_ids: list, pid: int = 0) -> str:
+        """The inference thread asks: may this peer use the shared-memory channel with these
+        env ids? '' if so, else why not (runs on the inference thread: reads only). ``pid``:
+        the connected process (the kernel's word), which must be the one that registered."""
+        worker = self.workers.get(peer)
+        if worker is None or not worker.alive:
+            return "not a registered worker"
+        if worker.path != "shm":
+            return "not a same-host worker"
+        if pid and worker.pid and pid != worker.pid:
+            return f"process {pid} is not the worker that registered"
+        lo, hi = worker.env_offset, worker.env_offset + worker.num_envs
+        ids = np.concatenate(env_ids) if env_ids else np.zeros(0, np.int64)
+        if len(ids) != worker.num_envs or len(np.unique(ids)) != len(ids):
+            return f"env ids must be the worker's {worker.num_envs} envs, each once"
+        if ids.min() < lo or ids.max() >= hi:
+            return f"env ids outside the worker's envs {lo}..{hi - 1}"
+        return ""
+
     def _forget(self, worker: WorkerRecord, unlink: bool = False) -> None:
+        if self.inference is not None:
+            self.inference.forget(worker.peer)
         self.registry.remove(worker.peer)
         self._finals.pop(worker.peer, None)
         self.shm.forget(worker.peer, unlink)
@@ -997,7 +1030,8 @@ class Coordinator:
         return {
             "lost_batches": self.lost_batches,
             "late_batches": self.missed_batches,
-            "dropped_messages": self.dropped_messages,
+            "dropped_messages": self.dropped_messages
+            + (self.inference.dropped if self.inference is not None else 0),
             "refused_workers": self.refused_workers,
         }
 

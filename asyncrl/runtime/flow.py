@@ -108,6 +108,8 @@ class SyncRounds:
             for s in range(rt.local_workers)
             if s in rt.launcher.processes and s not in {w.slot for w in workers if w.local}
         }
+        if rt.inference is not None:  # the shared-memory inference channel waits for these
+            rt.inference.begin_round(w.peer for w in workers if w.path == "shm")
         for w in workers:
             await self.send_request(w)
         started = time.monotonic()

@@ -143,6 +143,7 @@ class RuntimeSampler(Sampler):
                 backoff_s=s.restart_backoff_s,
             ),
             launcher=self._launcher(),
+            inference_wait_s=max(s.inference_wait_ms, 0.0) / 1000.0,
         )
 
     def _launcher(self):
