@@ -109,7 +109,11 @@ class SyncRounds:
             if s in rt.launcher.processes and s not in {w.slot for w in workers if w.local}
         }
         if rt.inference is not None:  # the shared-memory inference channel waits for these
-            rt.inference.begin_round(w.peer for w in workers if w.path == "shm")
+            registered = {w.slot for w in workers if w.local}
+            rt.inference.begin_round(
+                [w.peer for w in workers if w.path == "shm"],
+                starting=len(self.slots_pending - registered),  # and for these slots' workers
+            )
         for w in workers:
             await self.send_request(w)
         started = time.monotonic()

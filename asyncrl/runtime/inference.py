@@ -164,6 +164,7 @@ class InferenceServer:
         self._pending: dict[tuple[int, int], dict[bytes, tuple[int, int]]] = {}
         self._since: dict[tuple[int, int], float] = {}
         self._active: set[bytes] = set()
+        self._starting = 0  # workers a synchronous round waits for that have not attached
         self._synchronous = True
         self.wait_s = 0.001
         self.dropped = 0  # malformed channel messages (the coordinator counts them)
@@ -210,9 +211,10 @@ class InferenceServer:
             raise result[0]
         return result[0]
 
-    def begin_round(self, peers) -> None:
-        """A synchronous round asks these workers for a batch: wait for their requests."""
-        self._command("round", set(peers))
+    def begin_round(self, peers, starting: int = 0) -> None:
+        """A synchronous round asks these workers for a batch: wait for their requests, and
+        for the first ``starting`` workers to attach (slots whose worker is starting)."""
+        self._command("round", set(peers), starting)
 
     def forget(self, peer: bytes) -> None:
         """The worker is gone: drop its segments and requests."""
@@ -274,6 +276,7 @@ class InferenceServer:
                             self._open(*item[1:])
                         elif kind == "round":
                             self._active |= item[1]
+                            self._starting = item[2]
                         elif kind == "forget":
                             self._forget(item[1])
                 if batch:
@@ -461,6 +464,9 @@ class InferenceServer:
         self._forget(peer)  # attaching again (new segments): the old ones go
         self._attached[peer] = attached
         conn.peer = peer
+        if not active and self._starting > 0:  # a slot's worker the round waits for
+            self._starting -= 1
+            active = True
         if active:  # asked for a batch before it attached
             self._active.add(peer)
         self._answer_attach(conn, "ok")
@@ -505,6 +511,8 @@ class InferenceServer:
                     or (p in self._attached and group < len(self._attached[p].views))
                 )
             ]
+            if self._synchronous and self._starting > 0:
+                waiting_for.append(b"(starting)")
             if waiting_for:
                 limit = SPLIT_GUARD_S if self._synchronous else self.wait_s
                 if now - self._since[key] < limit:
