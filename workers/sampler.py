@@ -191,6 +191,9 @@ async def worker_main(args) -> int:
         meta["mode"],
     )
     threads = max(1, int(meta.get("torch_threads", 1)))
+    cpu = _pin(str(meta.get("affinity") or ""), args.slot)
+    if cpu is not None:
+        log.info("pinned to CPU %d", cpu)
     torch.set_num_threads(threads)
     # Parallel mode steps envs and agent in a worker thread (the loop keeps answering
     # heartbeats meanwhile). torch's thread count is per thread: set it there too, or a worker
@@ -688,6 +691,22 @@ def _report_failure(stop: asyncio.Event):
             stop.set()
 
     return cb
+
+
+def _pin(affinity: str, slot: int) -> int | None:
+    """sampler.worker_affinity: "auto" pins local worker k to CPU k mod (CPUs this process may
+    use); "2,3" to CPU list[k mod len]. Linux only (elsewhere nothing is pinned)."""
+    if not affinity or slot is None or slot < 0 or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    cpus = allowed if affinity == "auto" else [int(c) for c in affinity.split(",")]
+    cpu = cpus[slot % len(cpus)]
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as e:
+        log.warning("cannot pin to CPU %d: %s", cpu, e)
+        return None
+    return cpu
 
 
 def _alive(pid: int) -> bool:

@@ -9,6 +9,7 @@ configs/registry.py, which ``asyncrl.algos.register_algo`` fills.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 try:
     import tomllib
@@ -511,6 +512,13 @@ def validate(cfg: TrainConfig) -> None:
             "sampler.slurm_time_min and sampler.slurm_cpus must be >= 1 and sampler.slurm_gpus "
             f">= 0, got {s.slurm_time_min}, {s.slurm_cpus}, {s.slurm_gpus}"
         )
+    if s.worker_affinity not in ("", "auto") and not re.fullmatch(r"\d+(,\d+)*", s.worker_affinity):
+        raise ConfigError(
+            f"sampler.worker_affinity {s.worker_affinity!r}: expected '', 'auto' or a CPU list "
+            "such as '0,1'"
+        )
+    if s.inference_wait_ms < 0:
+        raise ConfigError(f"sampler.inference_wait_ms must be >= 0, got {s.inference_wait_ms}")
     if not 1 <= s.async_batches <= 64:
         raise ConfigError(f"sampler.async_batches must be in 1..64, got {s.async_batches}")
     for key, v in (

@@ -134,6 +134,7 @@ class Coordinator:
         refuse_remote: str = "",
         launcher: Launcher | None = None,
         inference_wait_s: float = 0.001,
+        worker_affinity: str = "",
     ):
         self.config_dict = config_dict
         self.mode, self.horizon = mode, horizon
@@ -200,6 +201,7 @@ class Coordinator:
         self.inference: InferenceServer | None = None
         self.inference_endpoint = ""  # the shared-memory inference channel (same-host workers)
         self.inference_wait_s = inference_wait_s
+        self.worker_affinity = worker_affinity  # "", "auto" or CPU list: see workers/sampler.py
         self._params_for_workers: tuple | None = None  # async: (names, params, version)
         self._acting: dict = {}
         self._stopping = False
@@ -734,6 +736,7 @@ class Coordinator:
                 "inference": self.inference_endpoint if path == "shm" else "",
                 "heartbeat_s": self.heartbeat_s,
                 "torch_threads": self.torch_threads,
+                "affinity": self.worker_affinity if (name == "local" and slot >= 0) else "",
                 "info_schema": self.info_schema,
                 "seed_offset": 100_003 * self.restarts.get(slot, 0) if slot >= 0 else 0,
             },

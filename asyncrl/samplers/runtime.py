@@ -144,6 +144,7 @@ class RuntimeSampler(Sampler):
             ),
             launcher=self._launcher(),
             inference_wait_s=max(s.inference_wait_ms, 0.0) / 1000.0,
+            worker_affinity=s.worker_affinity,
         )
 
     def _launcher(self):

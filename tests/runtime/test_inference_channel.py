@@ -173,9 +173,10 @@ def test_the_coordinator_checks_the_attaching_process(server):
 
 
 def test_a_segment_that_is_not_an_inference_slot_is_refused(server):
-    import msgpack
     import socket
     import struct
+
+    import msgpack
 
     srv, path = server()
     Other = namedarraytuple("Other", ["observation"])

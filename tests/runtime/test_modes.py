@@ -6,6 +6,8 @@ Real worker processes and sockets on loopback (ipc and shared memory on this hos
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -246,3 +248,26 @@ def test_ppo_learns_cartpole_in_every_mode(mode, tmp_path, monkeypatch):
     assert evals and max(e for _, e in evals) >= 475, evals
     assert result.interrupted and result.env_steps <= 150_000, evals  # stopped when solved
     assert "registered (local, envs 4..7" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_worker_affinity_pins_each_local_worker_to_its_cpu():
+    cfg = config(
+        sets=['sampler.mode="parallel"', "sampler.workers=2", "sampler.num_envs=4",
+              'sampler.worker_affinity="auto"']
+    )  # fmt: skip
+    sampler = make_sampler(cfg)
+    agent = ALGOS["ppo"].make_agent(
+        sampler.obs_space, sampler.action_space, cfg.model, "cpu", cfg.algo_params
+    )
+    try:
+        sampler.initialize(agent)
+        sampler.obtain()  # both workers registered and stepping
+        allowed = sorted(os.sched_getaffinity(0))
+        pinned = {}
+        for p in worker_processes():
+            slot = int(p.cmdline()[p.cmdline().index("--slot") + 1])
+            pinned[slot] = set(p.cpu_affinity())
+        assert pinned == {k: {allowed[k % len(allowed)]} for k in (0, 1)}
+    finally:
+        sampler.close()
