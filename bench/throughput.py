@@ -304,7 +304,7 @@ PEERS = [
 # ----------------------------------------------------------------------------- asyncrl
 
 
-def asyncrl_mode(task, mode, workers, backend="auto"):
+def asyncrl_mode(task, mode, workers, backend="auto", pinned=False):
     import asyncrl
     from asyncrl.algos import ALGOS
     from asyncrl.runners.train import make_sampler
@@ -318,6 +318,7 @@ def asyncrl_mode(task, mode, workers, backend="auto"):
         f"sampler.num_envs={t['envs']}",
         f"sampler.horizon={t['horizon']}",
         f'env.backend="{backend}"',
+        *(_pinning(pinned) if pinned else []),
     ]
     cfg = asyncrl.resolve_config("ppo", t["id"], sets=sets)
     sampler = make_sampler(cfg)
@@ -344,18 +345,36 @@ def asyncrl_mode(task, mode, workers, backend="auto"):
     return run, sampler.close
 
 
+def _pinning(pinned: str) -> list[str]:
+    """auto: worker k on CPU k; split: the inference thread on the first CPU, the workers on
+    the others (on 2 cores: all workers on CPU 1)."""
+    if pinned == "auto":
+        return ['sampler.worker_affinity="auto"']
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0, 1]
+    rest = ",".join(map(str, cpus[1:] or cpus))
+    return [f'sampler.worker_affinity="{rest}"', f'sampler.inference_affinity="{cpus[0]}"']
+
+
 def asyncrl_configs(workers: list[int]):
     out = [("serial", 1, "auto"), ("serial", 1, "gymnasium")]
     for mode in ("parallel", "central", "alternating"):
         for w in workers:
             out.append((mode, w, "auto"))
+    if max(workers) > 1:  # pinned (Linux): see _pinning
+        out.append(("parallel", max(workers), "auto", "auto"))
+        out.append(("central", max(workers), "auto", "split"))
+        out.append(("alternating", max(workers), "auto", "split"))
     return out
 
 
-def config_label(mode, w, backend) -> str:
+def config_label(mode, w, backend, pinned=False) -> str:
     if mode == "serial":
         return f"asyncrl serial ({'native/auto' if backend == 'auto' else backend} envs)"
-    return f"asyncrl {mode}, {w} worker{'s' if w > 1 else ''}"
+    pin = {
+        "auto": ", pinned (worker k on CPU k)",
+        "split": ", pinned (inference CPU 0, workers the rest)",
+    }
+    return f"asyncrl {mode}, {w} worker{'s' if w > 1 else ''}" + pin.get(pinned or "", "")
 
 
 def contenders(task: str, agent, workers: list[int], backends: dict) -> list[Contender]:
@@ -369,10 +388,8 @@ def contenders(task: str, agent, workers: list[int], backends: dict) -> list[Con
     for row, fn, persistent, tasks, module in PEERS:
         if (tasks is None or task in tasks) and (module is None or _installed(module)):
             out.append(Contender(row, f(fn, task, agent), persistent))
-    for mode, w, backend in asyncrl_configs(workers):
-        out.append(
-            Contender(config_label(mode, w, backend), f(asyncrl_mode, task, mode, w, backend))
-        )
+    for c in asyncrl_configs(workers):
+        out.append(Contender(config_label(*c), f(asyncrl_mode, task, *c)))
     return out
 
 
@@ -590,6 +607,27 @@ def render(results, tasks, workers) -> str:
         "; ".join(f"{k.split(' (')[0]} {fmt(v[list(TASKS).index(t)])}" for k, v in ISSUE_PEERS.items())
         for t in tasks
     )  # fmt: skip
+    # the issue's ratios between modes (aims: central, alternating >= 0.8x parallel on CartPole
+    # and HalfCheetah, >= 1.0x on Pong; alternating >= 1.2x central on Pong; parallel with 2
+    # workers >= 1.6x 1 worker on HalfCheetah and Pong)
+    w = max(workers)
+
+    def ratio(a, b, t):
+        x, y = cell(config_label(*a), t), cell(config_label(*b), t)
+        return f"{x / y:.2f}x" if isinstance(x, float) and isinstance(y, float) else "-"
+
+    par, cen, alt = ("parallel", w, "auto"), ("central", w, "auto"), ("alternating", w, "auto")
+    for label, a, b in (
+        (f"central / parallel ({w} workers)", cen, par),
+        (f"alternating / parallel ({w} workers)", alt, par),
+        (f"alternating / central ({w} workers)", alt, cen),
+        (f"parallel {w} workers / 1 worker", par, ("parallel", 1, "auto")),
+        (f"parallel {w} workers pinned / not pinned", ("parallel", w, "auto", "auto"), par),
+        (f"alternating pinned / parallel ({w} workers)", ("alternating", w, "auto", "split"), par),
+        (f"alternating pinned / central ({w} workers)", ("alternating", w, "auto", "split"), cen),
+    ):
+        if w > 1 or "worker" not in label.split("/")[0]:
+            lines.append(f"| {label} | " + " | ".join(ratio(a, b, t) for t in tasks) + " |")
     lines.append(f"| issue's peer figures (same machine type, earlier) | {issue} |")
     backends = results.get("_backend", {})
     note = (

@@ -432,6 +432,10 @@ async def worker_main(args) -> int:
         col = [slice(int(starts[g]), int(starts[g]) + sizes[g]) for g in range(groups)]
         views = channel.views
         channel.oldest_version = None
+        # the batch's leaves, written per step in place (no per-step tree of views)
+        obs_buf, action_buf, prev_buf = buf.env.observation, buf.agent.action, buf.agent.prev_action
+        info_buf = buf.agent.agent_info
+        reward_buf, term_buf, trunc_buf = buf.env.reward, buf.env.terminated, buf.env.truncated
 
         def request(g, kind, reset, reward):
             view = views[g]
@@ -454,16 +458,16 @@ async def worker_main(args) -> int:
                 replied[g] = False
                 slot_view = views[g]
                 action = np.array(slot_view.action)  # the next request's reply overwrites it
-                view = buf[t, col[g]]
-                view.env.observation[:] = obs_state[g]
-                view.agent.action[:] = action
-                view.agent.prev_action[:] = prev_action[g]
-                if view.agent.agent_info is not None and slot_view.agent_info is not None:
-                    view.agent.agent_info[:] = slot_view.agent_info
+                c = col[g]
+                obs_buf[t, c] = obs_state[g]
+                action_buf[t, c] = action
+                prev_buf[t, c] = prev_action[g]
+                if info_buf is not None and slot_view.agent_info is not None:
+                    info_buf[t, c] = slot_view.agent_info
                 obs, reward, terminated, truncated, fo = envs[g].step(action)
-                view.env.reward[:] = reward
-                view.env.terminated[:] = terminated
-                view.env.truncated[:] = truncated
+                reward_buf[t, c] = reward
+                term_buf[t, c] = terminated
+                trunc_buf[t, c] = truncated
                 done = terminated | truncated
                 prev_action[g] = action
                 prev_action[g][done] = 0
@@ -493,7 +497,7 @@ async def worker_main(args) -> int:
                         reward=rewards[g][idx] if last else None,
                     )
                     for (b, _), v in zip(fo, reply.action):
-                        view.env.env_info.timeout_value[b] = v
+                        timeout_value[t, int(starts[g]) + b] = v
         boot = np.zeros(n_envs, np.float32)
         if want_values:
             for g in range(groups):

@@ -60,8 +60,10 @@ class SamplerConfig:
     # once all its requests are in or after this wait; synchronous runs wait for the whole
     # split, so that every forward pass sees the same rows (the same numbers every run).
     inference_wait_ms: float = 1.0
-    # Pin local worker k to CPU k mod cores (Linux; "": no pinning, "auto": one core each).
+    # Pin local worker k to CPU k mod cores (Linux; "": no pinning, "auto": one core each, or
+    # a CPU list such as "1" or "2,3": worker k on list[k mod len]).
     worker_affinity: str = ""
+    inference_affinity: str = ""  # central/alternating: pin the inference thread ("0", "0,1")
     # Remote workers (sampler.bind): what one peer may make the coordinator hold.
     max_remote_workers: int = 32  # registered at once; more are refused
     max_remote_envs: int = 1024  # envs of all remote workers together; more are refused
@@ -516,6 +518,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"sampler.worker_affinity {s.worker_affinity!r}: expected '', 'auto' or a CPU list "
             "such as '0,1'"
+        )
+    if s.inference_affinity and not re.fullmatch(r"\d+(,\d+)*", s.inference_affinity):
+        raise ConfigError(
+            f"sampler.inference_affinity {s.inference_affinity!r}: expected '' or a CPU list "
+            "such as '0'"
         )
     if s.inference_wait_ms < 0:
         raise ConfigError(f"sampler.inference_wait_ms must be >= 0, got {s.inference_wait_ms}")

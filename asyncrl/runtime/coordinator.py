@@ -135,6 +135,7 @@ class Coordinator:
         launcher: Launcher | None = None,
         inference_wait_s: float = 0.001,
         worker_affinity: str = "",
+        inference_affinity: str = "",
     ):
         self.config_dict = config_dict
         self.mode, self.horizon = mode, horizon
@@ -202,6 +203,7 @@ class Coordinator:
         self.inference_endpoint = ""  # the shared-memory inference channel (same-host workers)
         self.inference_wait_s = inference_wait_s
         self.worker_affinity = worker_affinity  # "", "auto" or CPU list: see workers/sampler.py
+        self.inference_cpus = tuple(int(c) for c in inference_affinity.split(",") if c)
         self._params_for_workers: tuple | None = None  # async: (names, params, version)
         self._acting: dict = {}
         self._stopping = False
@@ -339,6 +341,7 @@ class Coordinator:
                 self._may_attach,
                 synchronous=not isinstance(self.flow, AsyncFlow),
                 wait_s=self.inference_wait_s,
+                cpus=self.inference_cpus,
             )
         spawn = self.host.spawn
         spawn(self._reader(self.local_sock, "local"))

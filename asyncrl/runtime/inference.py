@@ -197,6 +197,7 @@ class InferenceServer:
         *,
         synchronous: bool = True,
         wait_s: float = 0.001,
+        cpus: tuple[int, ...] = (),
         timeout: float = 10.0,
     ) -> str:
         """Listen for the shared-memory channel at the Unix socket path ``endpoint``; returns
@@ -204,7 +205,7 @@ class InferenceServer:
         attach, else the reason it may not (pid: the connected process, 0 if unknown)."""
         done = threading.Event()
         result: list = []
-        self._command("open", endpoint, may_attach, synchronous, wait_s, done, result)
+        self._command("open", endpoint, may_attach, synchronous, wait_s, cpus, done, result)
         if not done.wait(timeout):
             raise TimeoutError("the inference thread did not open its channel")
         if isinstance(result[0], BaseException):
@@ -306,8 +307,10 @@ class InferenceServer:
         oldest = min(self._since.values())
         return max(0, int((oldest + wait - time.monotonic()) * 1000) + 1)
 
-    def _open(self, endpoint, may_attach, synchronous, wait_s, done, result) -> None:
+    def _open(self, endpoint, may_attach, synchronous, wait_s, cpus, done, result) -> None:
         try:
+            if cpus and hasattr(os, "sched_setaffinity"):  # this thread only (Linux)
+                os.sched_setaffinity(threading.get_native_id(), set(cpus))
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 listener.bind(endpoint)
@@ -646,13 +649,13 @@ class InferenceServer:
             else:
                 values = agent.value(all_obs)
             values = np.asarray(values, np.float32)
-            parts = np.split(values, np.cumsum(sizes)[:-1])
+            parts = [values] if len(group) == 1 else np.split(values, np.cumsum(sizes)[:-1])
             infos = [None] * len(group)
         else:
             action, info = agent.step(all_obs, all_ids)
-            parts = np.split(action, np.cumsum(sizes)[:-1])
-            if info is None:
-                infos = [None] * len(group)
+            parts = [action] if len(group) == 1 else np.split(action, np.cumsum(sizes)[:-1])
+            if info is None or len(group) == 1:
+                infos = [info]
             else:
                 bounds = np.cumsum([0, *sizes])
                 infos = [info[bounds[i] : bounds[i + 1]] for i in range(len(group))]

@@ -145,6 +145,7 @@ class RuntimeSampler(Sampler):
             launcher=self._launcher(),
             inference_wait_s=max(s.inference_wait_ms, 0.0) / 1000.0,
             worker_affinity=s.worker_affinity,
+            inference_affinity=s.inference_affinity,
         )
 
     def _launcher(self):

@@ -271,3 +271,26 @@ def test_worker_affinity_pins_each_local_worker_to_its_cpu():
         assert pinned == {k: {allowed[k % len(allowed)]} for k in (0, 1)}
     finally:
         sampler.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_inference_affinity_pins_the_inference_thread():
+    cpus = sorted(os.sched_getaffinity(0))
+    first, last = cpus[0], cpus[-1]
+    cfg = config(
+        sets=['sampler.mode="alternating"', "sampler.workers=2", "sampler.num_envs=4",
+              f'sampler.worker_affinity="{last}"', f'sampler.inference_affinity="{first}"']
+    )  # fmt: skip
+    sampler = make_sampler(cfg)
+    agent = ALGOS["ppo"].make_agent(
+        sampler.obs_space, sampler.action_space, cfg.model, "cpu", cfg.algo_params
+    )
+    try:
+        sampler.initialize(agent)
+        sampler.obtain()
+        thread = sampler.coordinator.inference._thread
+        assert os.sched_getaffinity(thread.native_id) == {first}
+        assert {frozenset(p.cpu_affinity()) for p in worker_processes()} == {frozenset({last})}
+        assert os.sched_getaffinity(0) == set(cpus)  # the rest of this process is not pinned
+    finally:
+        sampler.close()
