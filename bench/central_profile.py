@@ -133,7 +133,8 @@ def main(argv=None) -> int:
     commit = subprocess.run(
         ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
-    label = f"{commit} {args.mode} ({args.path} path)"
+    path = args.path if hasattr(server, "open_channel") else "message"  # older checkouts
+    label = f"{commit} {args.mode} ({path} path)"
     print(json.dumps({"label": label, **{k: round(v, 1) for k, v in med.items()}}))
     print(
         f"| {label} | {med['step']:.0f} | {med['forward']:.0f} | {med['bookkeeping']:.0f} | "

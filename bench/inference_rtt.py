@@ -5,7 +5,9 @@ the transport and the server's bookkeeping are timed), against bare pyzmq echoin
 
 Rows: bare pyzmq ipc and tcp echo; asyncrl's shared-memory channel (observations written into
 the worker's segment, an 8-byte request and a 16-byte reply on a Unix socket, the answer read
-from the segment: ``runtime/inference.py``). Both sides are separate processes; the median of
+from the segment: ``runtime/inference.py``), as it runs by default (both sides sleep in the
+kernel until a message comes) and with ``sampler.inference_spin_us = 50`` (both sides poll
+for 50 us first). Both sides are separate processes; the median of
 ``--count`` round trips after a warm-up, in ``--rounds`` interleaved rounds (median of their
 medians). The issue's aim: at most 1.5x bare pyzmq's 1 KB round trip.
 
@@ -73,28 +75,30 @@ class _NoopAgent:
         return np.zeros(len(env_ids), np.int64), None
 
 
-def _server(path: str, ready, done) -> None:
+def _server(path: str, ready, done, spin_s: float) -> None:
     from asyncrl.runtime.inference import InferenceServer
 
     server = InferenceServer(_NoopAgent(), lambda f, *a: f(*a), lambda a: None, lambda *a: None)
-    server.open_channel(path, lambda peer, ids, pid: "", synchronous=True)
+    server.open_channel(path, lambda peer, ids, pid: "", synchronous=True, spin_s=spin_s)
     server.begin_round([b"bench"])
     ready.set()
     done.wait(120)
     server.close()
 
 
-def channel(count: int, warmup: int) -> float:
+def channel(count: int, warmup: int, spin_s: float = 0.0) -> float:
     from asyncrl.runtime.inference import InferenceClient, slot_example
 
     path = os.path.join(tempfile.mkdtemp(prefix="asyncrl-bench-"), "inference.sock")
     ctx = mp.get_context("spawn")
     ready, done = ctx.Event(), ctx.Event()
-    proc = ctx.Process(target=_server, args=(path, ready, done), daemon=True)
+    proc = ctx.Process(target=_server, args=(path, ready, done, spin_s), daemon=True)
     proc.start()
     ready.wait(60)
     example = slot_example(np.zeros(OBS, np.float32), np.int64(0), None)
-    client = InferenceClient(path, "bench", [np.zeros(1, np.int64)], example, timeout_s=30)
+    client = InferenceClient(
+        path, "bench", [np.zeros(1, np.int64)], example, timeout_s=30, spin_s=spin_s
+    )
     view = client.views[0]
     obs = np.zeros((1, OBS), np.float32)
     times = []
@@ -135,12 +139,16 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     load0 = os.getloadavg()
     rows: dict[str, list[float]] = {"bare pyzmq, ipc": [], "bare pyzmq, tcp": [],
-                                    "asyncrl inference channel (shm + Unix socket)": []}  # fmt: skip
+                                    "asyncrl inference channel (shm + Unix socket)": [],
+                                    "asyncrl inference channel, inference_spin_us = 50": []}  # fmt: skip
     for _ in range(args.rounds):
         d = tempfile.mkdtemp(prefix="asyncrl-bench-")
         rows["bare pyzmq, ipc"].append(bare(f"ipc://{d}/echo.sock", args.count, 300))
         rows["bare pyzmq, tcp"].append(bare(free_tcp(), args.count, 300))
         rows["asyncrl inference channel (shm + Unix socket)"].append(channel(args.count, 300))
+        rows["asyncrl inference channel, inference_spin_us = 50"].append(
+            channel(args.count, 300, 50e-6)
+        )
     load1 = os.getloadavg()
     med = {k: statistics.median(v) for k, v in rows.items()}
     ref = min(med["bare pyzmq, ipc"], med["bare pyzmq, tcp"])

@@ -401,6 +401,7 @@ async def worker_main(args) -> int:
                     slot,
                     timeout_s=args.dead_after,
                     should_stop=stop.is_set,
+                    spin_s=float(meta.get("inference_spin_s", 0.0) or 0.0),
                 ),
             )
         except Exception as e:  # noqa: BLE001 - one line, then the worker exits

@@ -64,6 +64,9 @@ class SamplerConfig:
     # a CPU list such as "1" or "2,3": worker k on list[k mod len]).
     worker_affinity: str = ""
     inference_affinity: str = ""  # central/alternating: pin the inference thread ("0", "0,1")
+    # Central/alternating: the inference thread and the workers poll this long for the next
+    # message before sleeping (a wake-up costs ~20-50 us; spinning costs CPU the envs may need).
+    inference_spin_us: float = 0.0
     # Remote workers (sampler.bind): what one peer may make the coordinator hold.
     max_remote_workers: int = 32  # registered at once; more are refused
     max_remote_envs: int = 1024  # envs of all remote workers together; more are refused
@@ -523,6 +526,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             f"sampler.inference_affinity {s.inference_affinity!r}: expected '' or a CPU list "
             "such as '0'"
+        )
+    if not 0 <= s.inference_spin_us <= 10_000:
+        raise ConfigError(
+            f"sampler.inference_spin_us must be in 0..10000, got {s.inference_spin_us}"
         )
     if s.inference_wait_ms < 0:
         raise ConfigError(f"sampler.inference_wait_ms must be >= 0, got {s.inference_wait_ms}")

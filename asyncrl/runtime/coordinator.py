@@ -136,6 +136,7 @@ class Coordinator:
         inference_wait_s: float = 0.001,
         worker_affinity: str = "",
         inference_affinity: str = "",
+        inference_spin_s: float = 0.0,
     ):
         self.config_dict = config_dict
         self.mode, self.horizon = mode, horizon
@@ -204,6 +205,7 @@ class Coordinator:
         self.inference_wait_s = inference_wait_s
         self.worker_affinity = worker_affinity  # "", "auto" or CPU list: see workers/sampler.py
         self.inference_cpus = tuple(int(c) for c in inference_affinity.split(",") if c)
+        self.inference_spin_s = inference_spin_s
         self._params_for_workers: tuple | None = None  # async: (names, params, version)
         self._acting: dict = {}
         self._stopping = False
@@ -342,6 +344,7 @@ class Coordinator:
                 synchronous=not isinstance(self.flow, AsyncFlow),
                 wait_s=self.inference_wait_s,
                 cpus=self.inference_cpus,
+                spin_s=self.inference_spin_s,
             )
         spawn = self.host.spawn
         spawn(self._reader(self.local_sock, "local"))
@@ -737,6 +740,7 @@ class Coordinator:
                 "path": path,
                 # same host: actions through shared memory, the socket carries 8-byte requests
                 "inference": self.inference_endpoint if path == "shm" else "",
+                "inference_spin_s": self.inference_spin_s,
                 "heartbeat_s": self.heartbeat_s,
                 "torch_threads": self.torch_threads,
                 "affinity": self.worker_affinity if (name == "local" and slot >= 0) else "",

@@ -167,6 +167,7 @@ class InferenceServer:
         self._starting = 0  # workers a synchronous round waits for that have not attached
         self._synchronous = True
         self.wait_s = 0.001
+        self.spin_s = 0.0  # poll without blocking this long before sleeping (open_channel)
         self.dropped = 0  # malformed channel messages (the coordinator counts them)
         self.partial_splits = 0  # splits served short (guard or deadline)
         self.served_batches = 0
@@ -198,6 +199,7 @@ class InferenceServer:
         synchronous: bool = True,
         wait_s: float = 0.001,
         cpus: tuple[int, ...] = (),
+        spin_s: float = 0.0,
         timeout: float = 10.0,
     ) -> str:
         """Listen for the shared-memory channel at the Unix socket path ``endpoint``; returns
@@ -205,6 +207,7 @@ class InferenceServer:
         attach, else the reason it may not (pid: the connected process, 0 if unknown)."""
         done = threading.Event()
         result: list = []
+        self.spin_s = max(0.0, float(spin_s))
         self._command("open", endpoint, may_attach, synchronous, wait_s, cpus, done, result)
         if not done.wait(timeout):
             raise TimeoutError("the inference thread did not open its channel")
@@ -247,7 +250,14 @@ class InferenceServer:
         self._poll.register(self._wake_r, select.POLLIN)
         try:
             while True:
-                events = self._poll.poll(self._poll_timeout_ms())
+                spin = self.spin_s
+                events = self._poll.poll(0) if spin else None
+                if not events and spin:  # a short spin keeps the core awake for the next
+                    deadline = time.perf_counter() + spin  # request (waking costs ~20 us)
+                    while not events and time.perf_counter() < deadline:
+                        events = self._poll.poll(0)
+                if not events:
+                    events = self._poll.poll(self._poll_timeout_ms())
                 stop = False
                 batch: list = []
                 woken = False
@@ -372,7 +382,7 @@ class InferenceServer:
         if conn is None:
             return
         try:
-            data = conn.sock.recv(65536)
+            data = conn.sock.recv(4096)  # (a 64 KB recv allocates 64 KB each time)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -712,15 +722,19 @@ class InferenceClient:
         *,
         timeout_s: float = 30.0,
         should_stop: Callable[[], bool] = lambda: False,
+        spin_s: float = 0.0,
     ):
         self.timeout_s = timeout_s
+        self.spin_s = spin_s  # poll this long for a reply before sleeping in recv
         self.should_stop = should_stop
         self.segments = [SharedArrayTree.allocate(example, (len(ids),)) for ids in env_ids]
         self.views = [InferenceSlot(*s.tree) for s in self.segments]
         for view, ids in zip(self.views, env_ids):
             view.env_ids[:] = ids
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(0.2)
+        # A blocking socket with a kernel receive timeout: one recv system call per reply
+        # (Python's own timeouts poll first: a second call on every reply).
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 200_000))
         self._seq = 0
         self._sent: dict[int, int] = {}  # group -> seq awaited
         self._replied: dict[int, tuple[int, int]] = {}  # group -> (status, version)
@@ -743,10 +757,21 @@ class InferenceClient:
 
     def _recv_exactly(self, n: int) -> bytes:
         deadline = time.monotonic() + self.timeout_s
+        if self.spin_s and len(self._buf) < n:
+            self._sock.setblocking(False)
+            deadline = time.perf_counter() + self.spin_s
+            try:
+                while len(self._buf) < n and time.perf_counter() < deadline:
+                    try:
+                        self._buf += self._sock.recv(256)
+                    except BlockingIOError:
+                        pass
+            finally:
+                self._sock.setblocking(True)
         while len(self._buf) < n:
             try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
+                data = self._sock.recv(256)
+            except (BlockingIOError, TimeoutError, InterruptedError):  # 200 ms without a word
                 data = None
             if data == b"":
                 raise ConnectionError("the inference server closed the channel")

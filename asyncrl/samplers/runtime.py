@@ -146,6 +146,7 @@ class RuntimeSampler(Sampler):
             inference_wait_s=max(s.inference_wait_ms, 0.0) / 1000.0,
             worker_affinity=s.worker_affinity,
             inference_affinity=s.inference_affinity,
+            inference_spin_s=s.inference_spin_us / 1e6,
         )
 
     def _launcher(self):
