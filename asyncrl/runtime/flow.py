@@ -56,9 +56,11 @@ class SyncRounds:
         self.deliver: Callable[[Delivery], None] | None = None
         self.delivered = 0
         self.last_round_s = 0.0  # how long the last round that delivered took
+        self.asked: set[bytes] = set()  # the peers sent this round's request
 
     async def send_request(self, worker: WorkerRecord) -> None:
         itr, names, params, version, acting = self.request
+        self.asked.add(worker.peer)
         await self.rt.send_request(worker, itr, version, acting, names, params)
 
     async def sample(
@@ -99,6 +101,7 @@ class SyncRounds:
         self.deliver = deliver
         self.delivered = 0
         self.done = asyncio.Event()
+        self.asked = set()
         workers = rt.alive_workers()
         self.expected = {w.peer for w in workers}
         self.slots_pending = {w.slot for w in workers if w.local}
@@ -189,8 +192,14 @@ class SyncRounds:
         return self.itr is not None and worker.peer in self.expected
 
     async def on_register(self, record: WorkerRecord) -> None:
-        """A replacement of a worker whose batch is still owed picks up the request."""
-        if self.itr is not None and record.local and record.slot in self.slots_pending:
+        """A replacement of a worker whose batch is still owed picks up the request (once: a
+        worker that registered just before the round began was asked by the round itself)."""
+        if (
+            self.itr is not None
+            and record.local
+            and record.slot in self.slots_pending
+            and record.peer not in self.asked
+        ):
             self.expected.add(record.peer)
             await self.send_request(record)
 

@@ -235,3 +235,23 @@ def test_the_embedding_example_runs(tmp_path):
     assert "trained 2048 env steps in parallel mode" in out.stdout, out.stdout
     assert "greedy episode return" in out.stdout
     assert list_checkpoints(run_dir)
+
+
+def test_a_worker_asked_by_the_round_is_not_asked_again_by_its_registration(make_coordinator, zctx):
+    """A worker that registers just as a round begins is asked by the round itself; its
+    registration's own hand-over of the owed request must not ask it a second time (it would
+    collect the batch twice, and its envs would run ahead of serial mode's)."""
+    coord = make_coordinator(mode="parallel")
+    socks = [register_local(zctx, coord, slot)[0] for slot in (0, 1)]
+    coord.call(_start_sample(coord, lambda d: None), timeout=10)
+    for sock in socks:
+        header, _ = recv_reply(sock)
+        assert header.type == MsgType.PARAMS and header.meta["sample"] == 1
+    # the registration's hand-over, late (as when REGISTERED was still being sent)
+    coord.call(_on_register_again(coord, b"fake-0"), timeout=10)
+    with pytest.raises(AssertionError, match="no answer"):
+        recv_reply(socks[0], timeout_s=0.5)
+
+
+async def _on_register_again(coord, peer):
+    await coord.flow.on_register(coord.workers[peer])
