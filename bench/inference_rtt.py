@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from transport_overhead import free_tcp_endpoint as free_tcp  # noqa: E402
+from transport_overhead import spawn  # noqa: E402
+
 OBS = 256  # float32: 1 KB of observations per request
 
 
@@ -114,21 +117,6 @@ def channel(count: int, warmup: int, spin_s: float = 0.0) -> float:
     done.set()
     proc.join(30)
     return statistics.median(times)
-
-
-def spawn(target, *args):
-    proc = mp.get_context("spawn").Process(target=target, args=args, daemon=True)
-    proc.start()
-    return proc
-
-
-def free_tcp() -> str:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.ROUTER)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    sock.close(linger=0)
-    ctx.term()
-    return f"tcp://127.0.0.1:{port}"
 
 
 def main(argv=None) -> int:

@@ -165,6 +165,7 @@ class InferenceServer:
         self._since: dict[tuple[int, int], float] = {}
         self._active: set[bytes] = set()
         self._starting = 0  # workers a synchronous round waits for that have not attached
+        self._gone: set[bytes] = set()  # closed their connection (until they attach again)
         self._synchronous = True
         self.wait_s = 0.001
         self.spin_s = 0.0  # poll without blocking this long before sleeping (open_channel)
@@ -285,8 +286,8 @@ class InferenceServer:
                             batch.append(item[1:])
                         elif kind == "open":
                             self._open(*item[1:])
-                        elif kind == "round":
-                            self._active |= item[1]
+                        elif kind == "round":  # (not the workers already gone)
+                            self._active |= item[1] - self._gone
                             self._starting = item[2]
                         elif kind == "forget":
                             self._forget(item[1])
@@ -376,6 +377,7 @@ class InferenceServer:
         attached = self._attached.get(conn.peer) if conn.peer is not None else None
         if attached is not None and attached.conn is conn:
             self._forget(conn.peer)
+            self._gone.add(conn.peer)
 
     def _read(self, fd: int) -> None:
         conn = self._conns.get(fd)
@@ -462,12 +464,12 @@ class InferenceServer:
                 attached.release()
                 raise ProtocolError(reason)
         except ProtocolError as e:
+            self._drop(peer, f"ATTACH refused: {e.reason}")  # counted before it is told
             self._answer_attach(conn, f"refused: {e.reason}"[:300])
-            self._drop(peer, f"ATTACH refused: {e.reason}")
             return False
         except Exception as e:  # noqa: BLE001 - missing segment, bad handle, bad msgpack
-            self._answer_attach(conn, f"refused: {type(e).__name__}: {e}"[:300])
             self._drop(peer, f"ATTACH refused: {type(e).__name__}: {e}"[:200])
+            self._answer_attach(conn, f"refused: {type(e).__name__}: {e}"[:300])
             return False
         active = peer in self._active
         old = self._attached.get(peer)
@@ -476,6 +478,7 @@ class InferenceServer:
             self._close_conn(old.conn)
         self._forget(peer)  # attaching again (new segments): the old ones go
         self._attached[peer] = attached
+        self._gone.discard(peer)
         conn.peer = peer
         if not active and self._starting > 0:  # a slot's worker the round waits for
             self._starting -= 1
@@ -664,12 +667,15 @@ class InferenceServer:
         else:
             action, info = agent.step(all_obs, all_ids)
             parts = [action] if len(group) == 1 else np.split(action, np.cumsum(sizes)[:-1])
-            if info is None or len(group) == 1:
+            if len(group) == 1:
                 infos = [info]
+            elif info is None:
+                infos = [None] * len(group)
             else:
                 bounds = np.cumsum([0, *sizes])
                 infos = [info[bounds[i] : bounds[i + 1]] for i in range(len(group))]
         version = int(getattr(agent, "policy_version", 0))
+        assert len(parts) == len(infos) == len(group)
         return [
             (r[0], ActReply(np.ascontiguousarray(a), inf), version)
             for r, a, inf in zip(group, parts, infos)

@@ -124,6 +124,21 @@ def test_same_seed_same_trajectories_as_serial(mode, serial_batches):
 
 
 @pytest.mark.parametrize("mode", ["central", "alternating"])
+def test_the_message_path_gives_the_same_trajectories_as_serial(mode, serial_batches, monkeypatch):
+    """Workers on other hosts (and any worker without the shared-memory channel) ask for
+    actions with ACT_REQUEST messages through the coordinator: the same trajectories."""
+    from asyncrl.runtime.inference import InferenceServer
+
+    monkeypatch.setattr(InferenceServer, "open_channel", lambda self, *a, **k: "")
+    batches = _collect(mode)
+    for i, (a, b) in enumerate(zip(serial_batches, batches)):
+        for key in ("observation", "action", "prev_action", "reward", "terminated", "truncated"):
+            np.testing.assert_array_equal(b[key], a[key], err_msg=f"batch {i} {key} ({mode})")
+        np.testing.assert_allclose(b["bootstrap"], a["bootstrap"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(b["timeout_value"], a["timeout_value"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["central", "alternating"])
 def test_central_modes_give_the_same_numbers_every_run(mode):
     """The inference server serves whole splits in env-id order, so every forward pass sees
     the same rows, whatever the timing: agent_info and values are bit-identical from run to
@@ -250,19 +265,26 @@ def test_ppo_learns_cartpole_in_every_mode(mode, tmp_path, monkeypatch):
     assert "registered (local, envs 4..7" in (tmp_path / "train.log").read_text()
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
-def test_worker_affinity_pins_each_local_worker_to_its_cpu():
-    cfg = config(
-        sets=['sampler.mode="parallel"', "sampler.workers=2", "sampler.num_envs=4",
-              'sampler.worker_affinity="auto"']
-    )  # fmt: skip
+def _started_sampler(sets):
+    """A runtime sampler that has delivered one batch (its workers registered and stepping)."""
+    cfg = config(sets=["sampler.workers=2", "sampler.num_envs=4", *sets])
     sampler = make_sampler(cfg)
     agent = ALGOS["ppo"].make_agent(
         sampler.obs_space, sampler.action_space, cfg.model, "cpu", cfg.algo_params
     )
     try:
         sampler.initialize(agent)
-        sampler.obtain()  # both workers registered and stepping
+        sampler.obtain()
+    except BaseException:
+        sampler.close()
+        raise
+    return sampler
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_worker_affinity_pins_each_local_worker_to_its_cpu():
+    sampler = _started_sampler(['sampler.mode="parallel"', 'sampler.worker_affinity="auto"'])
+    try:
         allowed = sorted(os.sched_getaffinity(0))
         pinned = {}
         for p in worker_processes():
@@ -277,17 +299,11 @@ def test_worker_affinity_pins_each_local_worker_to_its_cpu():
 def test_inference_affinity_pins_the_inference_thread():
     cpus = sorted(os.sched_getaffinity(0))
     first, last = cpus[0], cpus[-1]
-    cfg = config(
-        sets=['sampler.mode="alternating"', "sampler.workers=2", "sampler.num_envs=4",
-              f'sampler.worker_affinity="{last}"', f'sampler.inference_affinity="{first}"']
+    sampler = _started_sampler(
+        ['sampler.mode="alternating"', f'sampler.worker_affinity="{last}"',
+         f'sampler.inference_affinity="{first}"']
     )  # fmt: skip
-    sampler = make_sampler(cfg)
-    agent = ALGOS["ppo"].make_agent(
-        sampler.obs_space, sampler.action_space, cfg.model, "cpu", cfg.algo_params
-    )
     try:
-        sampler.initialize(agent)
-        sampler.obtain()
         thread = sampler.coordinator.inference._thread
         assert os.sched_getaffinity(thread.native_id) == {first}
         assert {frozenset(p.cpu_affinity()) for p in worker_processes()} == {frozenset({last})}
