@@ -188,7 +188,8 @@ def test_a_remote_worker_that_is_the_only_one_never_stalls_sampling_for_ever(
     )
     t.start()
     try:
-        with pytest.raises(RuntimeError_, match="workers registered within"):
+        # one line, whichever check sees it first: the wait for a worker, or the deadline
+        with pytest.raises(RuntimeError_, match="workers registered within|no batch within 3 s"):
             coord.call(coord.sample(1, None, None, 0, lambda d: None, 1, 3), timeout=60)
     finally:
         stop.set()
