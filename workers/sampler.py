@@ -385,34 +385,27 @@ async def worker_main(args) -> int:
         return final, boot, returns, lengths
 
     # Same-host central/alternating workers: actions through shared memory (the inference
-    # channel), stepped in the collect thread; the loop keeps answering heartbeats meanwhile.
+    # channel, attached below), stepped in the collect thread; the loop keeps answering
+    # heartbeats meanwhile.
     channel = None
-    if mode != "parallel" and meta.get("inference"):
+
+    async def attach_channel():
         from asyncrl.runtime.inference import InferenceClient, slot_example
 
         slot = slot_example(env0.obs_example, env0.action_example, info_example)
-        try:
-            channel = await loop.run_in_executor(
-                executor,
-                lambda: InferenceClient(
-                    meta["inference"],
-                    worker_id,
-                    env_ids,
-                    slot,
-                    timeout_s=args.dead_after,
-                    should_stop=stop.is_set,
-                    spin_s=float(meta.get("inference_spin_s", 0.0) or 0.0),
-                ),
-            )
-        except Exception as e:  # noqa: BLE001 - one line, then the worker exits
-            print(f"asyncrl worker: cannot attach to the inference server: {e}", file=sys.stderr)
-            executor.shutdown(wait=True)
-            sender.close()
-            for e_ in envs:
-                e_.close()
-            sock.close(linger=200)
-            ctx.term()
-            return 4
+        spin_s = float(meta.get("inference_spin_s", 0.0) or 0.0)
+        return await loop.run_in_executor(  # the socket is the collect thread's
+            executor,
+            lambda: InferenceClient(
+                meta["inference"],
+                worker_id,
+                env_ids,
+                slot,
+                timeout_s=args.dead_after,
+                should_stop=stop.is_set,
+                spin_s=spin_s,
+            ),
+        )
 
     def ask(obs, ids, what, reward=None, reset=None):
         """From the collect thread: a value request on the message path (variable size)."""
@@ -603,6 +596,15 @@ async def worker_main(args) -> int:
     hb = asyncio.create_task(heartbeat())
     exit_code = 0
     try:
+        if mode != "parallel" and meta.get("inference"):
+            try:
+                channel = await attach_channel()
+            except Exception as e:  # noqa: BLE001 - one line, then the worker exits
+                print(
+                    f"asyncrl worker: cannot attach to the inference server: {e}", file=sys.stderr
+                )
+                exit_code = 4
+                stop.set()
         while not stop.is_set():
             recv_task = asyncio.ensure_future(recv(sock))
             stop_task = asyncio.ensure_future(stop.wait())

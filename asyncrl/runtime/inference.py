@@ -61,7 +61,7 @@ InferenceSlot = namedarraytuple(
     ["observation", "env_ids", "reset", "reward", "action", "agent_info", "value"],
 )
 
-# The channel's messages (little-endian, fixed size; the first frame of ATTACH is a tag).
+# The channel's messages (little-endian, fixed size; ATTACH alone is length-prefixed msgpack).
 REQUEST = struct.Struct("<BBBxI")  # kind, group, flags, seq
 REPLY = struct.Struct("<BBBxIq")  # kind, group, status, seq, policy version
 KIND_ACT, KIND_VALUE, KIND_END = 1, 2, 3
@@ -94,12 +94,10 @@ class _Request:
     __slots__ = ("observation", "env_ids", "reset", "reward")
 
     def __init__(self, observation, env_ids, reset=None, reward=None):
-        self.observation, self.env_ids, self.reset, self.reward = (
-            observation,
-            env_ids,
-            reset,
-            reward,
-        )
+        self.observation = observation
+        self.env_ids = env_ids
+        self.reset = reset
+        self.reward = reward
 
 
 class _Conn:
@@ -150,6 +148,7 @@ class InferenceServer:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # a full pipe must not block the event loop
         self._params: tuple | None = None  # newest (state, version, acting) not yet applied
         self._params_lock = threading.Lock()
         torch = sys.modules.get("torch")
@@ -171,8 +170,6 @@ class InferenceServer:
         self.spin_s = 0.0  # poll without blocking this long before sleeping (open_channel)
         self.dropped = 0  # malformed channel messages (the coordinator counts them)
         self.partial_splits = 0  # splits served short (guard or deadline)
-        self.served_batches = 0
-        self.served_rows = 0
         self._last_drop_log = 0.0
         self._closed = False
         self._thread = threading.Thread(target=self._main, name="asyncrl-inference", daemon=True)
@@ -574,8 +571,6 @@ class InferenceServer:
                 else:
                     view.value[:] = reply.action
             version = answers[0][2] if answers else 0
-            self.served_batches += 1
-            self.served_rows += sum(len(r.env_ids) for r in requests)
         except Exception as e:  # noqa: BLE001 - one bad request must not stop inference
             status = STATUS_FAILED
             log.warning("inference failed for %d requests: %s: %s", len(peers), type(e).__name__, e)
